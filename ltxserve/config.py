@@ -1,0 +1,82 @@
+"""The one home of configuration: every setting, its default and its LTXSERVE_* environment variable.
+
+Built once at start-up (`Settings()`, or from CLI flags layered on top) and passed down; no other module reads
+the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LTX_I2V_ENDPOINT = "ltxserve.engine.schema:SPEC"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LTXSERVE_", env_nested_delimiter="__", extra="ignore")
+
+    # --- serving -------------------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./data")
+    public_url: str | None = Field(
+        default=None, description="Base URL clients reach this server at; used in status/result/file URLs."
+    )
+    api_keys: list[str] = Field(default_factory=list, description="Accepted keys for `Authorization: Key <key>`.")
+    allow_unauthenticated_public: bool = Field(
+        default=False, description="Permit binding a non-loopback address with no API key configured."
+    )
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = 100 * 1024 * 1024
+    sse_keepalive_seconds: float = 15.0
+
+    # --- jobs ----------------------------------------------------------------------------------------------------
+    workers: int | None = Field(default=None, description="Worker processes; default one per CUDA GPU, else one.")
+    endpoints: list[str] = Field(
+        default_factory=lambda: [LTX_I2V_ENDPOINT],
+        description="Endpoint specs to serve, as 'module:attribute' import paths.",
+    )
+    result_retention_seconds: int = 24 * 3600
+    max_attempts: int = Field(default=2, description="A job whose worker died is retried until this many attempts.")
+    worker_heartbeat_seconds: float = 2.0
+    worker_restart_backoff_seconds: float = 1.0
+
+    # --- webhooks ------------------------------------------------------------------------------------------------
+    webhook_max_attempts: int = 10
+    webhook_initial_backoff_seconds: float = 5.0
+    webhook_max_backoff_seconds: float = 1800.0
+    webhook_timeout_seconds: float = 15.0
+    webhook_user_id: str = "ltxserve"
+
+    # --- engine --------------------------------------------------------------------------------------------------
+    model: str = Field(default="auto", description="auto | tiny | PATH to a checkpoint folder or file.")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    dtype: str = Field(default="auto", description="auto | bf16 | fp16 | fp32")
+    use_triton_kernels: bool = True
+
+    # --- fetching inputs (image_url, LoRA URLs) -------------------------------------------------------------------
+    fetch_max_bytes: int = 50 * 1024 * 1024
+    fetch_timeout_seconds: float = 30.0
+    fetch_allow_private_networks: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    def base_url(self) -> str:
+        """The URL this server is reached at, for URLs it hands out."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
