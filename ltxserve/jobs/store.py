@@ -136,6 +136,10 @@ class JobStore(abc.ABC):
         or is completed with an error that says `reason`. Returns the affected request ids."""
 
     @abc.abstractmethod
+    def in_progress_workers(self) -> list[str]:
+        """Worker ids that hold IN_PROGRESS jobs (to find jobs of workers that are gone)."""
+
+    @abc.abstractmethod
     def expire_start_deadlines(self, now: float | None = None) -> list[str]:
         """Complete queued jobs whose start deadline passed with error_type 'request_timeout'."""
 
@@ -176,6 +180,10 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def counts(self) -> StoreCounts: ...
+
+    @abc.abstractmethod
+    def inference_times(self) -> list[float]:
+        """Seconds spent on each completed job still retained (for the generation-time histogram)."""
 
     # --- workers --------------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -1,0 +1,78 @@
+"""Liveness, readiness, Prometheus metrics and the webhook signing key (JWKS)."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ltxserve.config import Settings
+from ltxserve.jobs.store import JobStore
+
+# Generation-time histogram buckets (seconds): from tiny CPU jobs to long 720p videos.
+_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+
+class _StoreCollector:
+    """Computed at scrape time from the store, so the figures are the same whichever API process is scraped."""
+
+    def __init__(self, store: JobStore):
+        self.store = store
+        self._lock = threading.Lock()
+
+    def collect(self):
+        with self._lock:
+            counts = self.store.counts()
+            times = self.store.inference_times()
+        depth = GaugeMetricFamily("ltxserve_queue_depth", "Jobs waiting in the queue")
+        depth.add_metric([], counts.in_queue)
+        yield depth
+        jobs = GaugeMetricFamily("ltxserve_jobs", "Jobs in the store by state", labels=["state"])
+        jobs.add_metric(["IN_QUEUE"], counts.in_queue)
+        jobs.add_metric(["IN_PROGRESS"], counts.in_progress)
+        jobs.add_metric(["COMPLETED_OK"], counts.completed_ok)
+        jobs.add_metric(["COMPLETED_ERROR"], counts.completed_error)
+        yield jobs
+        buckets, total = [], 0.0
+        for bound in _BUCKETS:
+            buckets.append((str(float(bound)), sum(1 for t in times if t <= bound)))
+        buckets.append(("+Inf", len(times)))
+        total = sum(times)
+        hist = HistogramMetricFamily("ltxserve_generation_seconds",
+                                     "Seconds a worker spent on each completed job still in the store")
+        hist.add_metric([], buckets, total)
+        yield hist
+
+
+def build_health_router(settings: Settings, store: JobStore, jwks_doc: dict) -> APIRouter:
+    router = APIRouter(tags=["health"])
+    registry = CollectorRegistry()
+    registry.register(_StoreCollector(store))
+    workers_ready = Gauge("ltxserve_workers_ready", "Workers with their model loaded", registry=registry)
+    max_age = max(3 * settings.worker_heartbeat_seconds, 10.0)
+
+    @router.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    def readyz():
+        live = store.live_workers(max_age)
+        ready = [w["worker_id"] for w in live if w["ready"]]
+        body = {"ready": bool(ready), "workers": len(live), "workers_ready": len(ready)}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @router.get("/metrics")
+    def metrics():
+        workers_ready.set(sum(1 for w in store.live_workers(max_age) if w["ready"]))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/.well-known/jwks.json")
+    def jwks():
+        return jwks_doc
+
+    return router

@@ -1,0 +1,68 @@
+"""`ltxserve serve`: the store, the worker supervisor and uvicorn, in one process tree."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import uvicorn
+
+from ltxserve.api.app import create_app
+from ltxserve.config import Settings
+from ltxserve.jobs.sqlite import SqliteJobStore
+from ltxserve.worker.supervisor import Supervisor
+
+log = logging.getLogger("ltxserve.serve")
+
+
+class ConfigurationError(Exception):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """No API key means loopback only, unless the operator says otherwise in so many words."""
+    if settings.api_keys:
+        return
+    if is_loopback(settings.host):
+        log.warning("No API key configured: the server is open to anyone on this machine (listening on %s only).",
+                    settings.host)
+        return
+    if not settings.allow_unauthenticated_public:
+        raise ConfigurationError(
+            f"Refusing to listen on {settings.host} without an API key. Pass --api-key KEY (or LTXSERVE_API_KEYS), "
+            "listen on 127.0.0.1, or pass --allow-unauthenticated-public if the network is trusted."
+        )
+    log.warning("No API key configured and listening on %s: anyone who can reach it can use it.", settings.host)
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    check_exposure(settings)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.files_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteJobStore(settings.db_path, default_retention_seconds=settings.result_retention_seconds)
+    app = create_app(settings, store)
+    supervisor = Supervisor(settings, store)
+    supervisor.start()
+    log.info("ltxserve listening on %s (queue: %s/queue, run: %s/run)", settings.base_url(), settings.base_url(),
+             settings.base_url())
+    try:
+        uvicorn.run(
+            app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        supervisor.stop()

@@ -1,0 +1,120 @@
+"""File storage: fal's upload handshake (initiate → PUT) and the files themselves, with HTTP Range for seeking.
+
+Uploads and generated outputs live under settings.files_dir/<file_id>/<file_name>, indexed in the store, and expire
+with it. The upload URL's file id (128 random bits) is the capability to write once; no Authorization is expected on
+the PUT because @fal-ai/client sends none there.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse
+
+from ltxserve.api.urls import Urls
+from ltxserve.config import Settings
+from ltxserve.jobs.store import JobStore, StoredFile
+from ltxserve.protocol import UploadInitiateRequest, UploadInitiateResponse
+
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4",
+               "application/octet-stream": ".bin"}
+
+
+def _safe_name(name: str | None, content_type: str) -> str:
+    base = Path(name or "").name.replace("/", "_").replace("\\", "_").strip(". ")
+    return base or ("upload" + _EXTENSIONS.get(content_type, ".bin"))
+
+
+def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter:
+    router = APIRouter(tags=["storage"])
+    urls = Urls(settings)
+
+    def new_upload(content_type: str, file_name: str | None, lifecycle_seconds: int | None) -> StoredFile:
+        now = time.time()
+        retention = settings.result_retention_seconds
+        if lifecycle_seconds:
+            retention = max(1, min(retention, lifecycle_seconds))
+        file_id = uuid.uuid4().hex
+        name = _safe_name(file_name, content_type)
+        record = StoredFile(file_id=file_id, path=f"{file_id}/{name}", content_type=content_type, file_name=name,
+                            file_size=0, created_at=now, expires_at=now + retention, complete=False)
+        store.add_file(record)
+        return record
+
+    def lifecycle_of(request: Request) -> int | None:
+        import json
+
+        for header in ("x-fal-object-lifecycle", "x-fal-object-lifecycle-preference"):
+            raw = request.headers.get(header)
+            if raw:
+                try:
+                    return int(json.loads(raw)["expiration_duration_seconds"])
+                except (ValueError, KeyError, TypeError):
+                    return None
+        return None
+
+    async def receive_into(record: StoredFile, request: Request) -> int:
+        folder = settings.files_dir / record.file_id
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / record.file_name
+        size = 0
+        with open(target, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise HTTPException(413, detail="Upload too large")
+                await to_thread.run_sync(out.write, chunk)
+        await to_thread.run_sync(store.mark_file_complete, record.file_id, size)
+        return size
+
+    @router.post("/storage/upload/initiate", response_model=UploadInitiateResponse, dependencies=[Depends(auth)])
+    @router.post("/storage/upload/initiate-multipart", include_in_schema=False, dependencies=[Depends(auth)])
+    def initiate(body: UploadInitiateRequest, request: Request) -> UploadInitiateResponse:
+        record = new_upload(body.content_type, body.file_name, lifecycle_of(request))
+        return UploadInitiateResponse(upload_url=urls.upload(record.file_id),
+                                      file_url=urls.file(record.file_id, record.file_name))
+
+    @router.put("/storage/upload/{file_id}")
+    async def upload(file_id: str, request: Request):
+        record = await to_thread.run_sync(store.get_file, file_id)
+        if record is None or record.complete:
+            raise HTTPException(404, detail="Unknown or already used upload URL")
+        await receive_into(record, request)
+        return {"file_url": urls.file(record.file_id, record.file_name)}
+
+    # The Python client's storage path (reachable when its REST/CDN URLs are pointed here).
+    @router.post("/storage/auth/token", include_in_schema=False, dependencies=[Depends(auth)])
+    def cdn_token():
+        expires = datetime.now(timezone.utc) + timedelta(hours=1)
+        return {"token": uuid.uuid4().hex, "token_type": "Bearer", "base_url": urls.base,
+                "expires_at": expires.isoformat()}
+
+    @router.post("/files/upload", include_in_schema=False)
+    async def direct_upload(request: Request):
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        record = await to_thread.run_sync(new_upload, content_type, request.headers.get("x-fal-file-name"),
+                                          lifecycle_of(request))
+        await receive_into(record, request)
+        return {"access_url": urls.file(record.file_id, record.file_name)}
+
+    @router.get("/files/{file_id}")
+    @router.get("/files/{file_id}/{file_name}")
+    def get_file(file_id: str, file_name: str | None = None):
+        record = store.get_file(file_id)
+        if record is None or not record.complete or (file_name is not None and file_name != record.file_name):
+            raise HTTPException(404, detail="File not found")
+        if record.expires_at is not None and record.expires_at <= time.time():
+            raise HTTPException(404, detail="File expired")
+        path = settings.files_dir / record.path
+        if not path.is_file():
+            raise HTTPException(404, detail="File not found")
+        # FileResponse answers Range requests with 206 and Content-Range (Starlette >= 0.39).
+        return FileResponse(path, media_type=record.content_type, filename=record.file_name,
+                            content_disposition_type="inline")
+
+    return router

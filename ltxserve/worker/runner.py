@@ -1,0 +1,178 @@
+"""The worker process: build the endpoints once, then claim jobs and run them until told to stop.
+
+One process per GPU. Everything a job does reaches the client through the store: logs, progress, the output file,
+the final result or error. No exception escapes a job: bad input, endpoint errors and bugs all end as a COMPLETED
+status with a reason, and the worker goes on to the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from ltxserve.config import Settings
+from ltxserve.engine.contract import Endpoint, EndpointError, JobCancelled, load_specs
+from ltxserve.jobs.sqlite import SqliteJobStore, cancelled_outcome
+from ltxserve.jobs.store import Job, JobStore, StoredFile
+from ltxserve.protocol import ErrorType, File
+
+log = logging.getLogger("ltxserve.worker")
+
+
+def validation_error_body(exc: ValidationError) -> dict:
+    """pydantic errors in fal's (FastAPI's) 422 shape."""
+    detail = []
+    for e in exc.errors(include_url=False):
+        item = {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+        if "ctx" in e:
+            item["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
+        detail.append(item)
+    return {"detail": detail}
+
+
+def file_url(settings: Settings, file_id: str, file_name: str) -> str:
+    return f"{settings.base_url()}/files/{file_id}/{file_name}"
+
+
+class StoreJobContext:
+    """JobContext backed by the store: what the endpoint says becomes the job's logs, progress and files."""
+
+    def __init__(self, store: JobStore, settings: Settings, job: Job):
+        self.store = store
+        self.settings = settings
+        self.job = job
+        self.request_id = job.request_id
+        self._last_cancel_check = 0.0
+        self._cancelled = False
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.store.append_log(self.request_id, message, level)
+
+    def progress(self, step: int, total: int, stage: str) -> None:
+        self.store.set_progress(self.request_id, step, total, stage)
+
+    def cancelled(self) -> bool:
+        if not self._cancelled:
+            self._cancelled = self.store.is_cancel_requested(self.request_id)
+        return self._cancelled
+
+    def save_file(self, data: bytes | Path, file_name: str, content_type: str) -> File:
+        file_id = uuid.uuid4().hex
+        safe_name = Path(file_name).name or "output.bin"
+        folder = self.settings.files_dir / file_id
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / safe_name
+        if isinstance(data, (bytes, bytearray)):
+            target.write_bytes(data)
+        else:
+            shutil.move(str(data), target)
+        size = target.stat().st_size
+        self.store.add_file(
+            StoredFile(
+                file_id=file_id, path=f"{file_id}/{safe_name}", content_type=content_type, file_name=safe_name,
+                file_size=size, created_at=time.time(), request_id=self.request_id,
+            )
+        )
+        return File(url=file_url(self.settings, file_id, safe_name), content_type=content_type,
+                    file_name=safe_name, file_size=size)
+
+
+class Worker:
+    def __init__(self, settings: Settings, worker_id: str, store: JobStore | None = None):
+        self.settings = settings
+        self.worker_id = worker_id
+        self.store = store or SqliteJobStore(settings.db_path, default_retention_seconds=settings.result_retention_seconds)
+        self.specs = {s.endpoint_id: s for s in load_specs(settings.endpoints)}
+        self.endpoints: dict[str, Endpoint] = {}
+        self._stop = threading.Event()
+        self._ready = False
+
+    def build_endpoints(self) -> None:
+        for endpoint_id, spec in self.specs.items():
+            log.info("worker %s: loading %s", self.worker_id, endpoint_id)
+            self.endpoints[endpoint_id] = spec.build(self.settings)
+        self._ready = True
+        self.store.heartbeat(self.worker_id, ready=True, info={"pid": os.getpid(), "endpoints": list(self.specs)})
+
+    def _heartbeats(self) -> None:
+        # A separate store connection per thread (SqliteJobStore is thread-local already).
+        while not self._stop.wait(self.settings.worker_heartbeat_seconds):
+            try:
+                self.store.heartbeat(self.worker_id, ready=self._ready, info={"pid": os.getpid()})
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def run_job(self, job: Job) -> None:
+        spec = self.specs[job.endpoint_id]
+        ctx = StoreJobContext(self.store, self.settings, job)
+        started = time.perf_counter()
+        outcome: dict
+        try:
+            inp: BaseModel = spec.input_model.model_validate(job.input)
+            output = self.endpoints[job.endpoint_id].run(inp, ctx)
+            outcome = {"result": output.model_dump(mode="json")}
+        except ValidationError as exc:
+            outcome = {"error": "Input validation failed", "error_type": ErrorType.VALIDATION_ERROR.value,
+                       "error_body": validation_error_body(exc), "status_code": 422}
+        except JobCancelled:
+            ctx.log("Cancelled", "WARN")
+            outcome = cancelled_outcome()
+        except EndpointError as exc:
+            ctx.log(exc.message, "ERROR")
+            outcome = {"error": exc.message, "error_type": exc.error_type, "error_body": exc.body(),
+                       "status_code": exc.status_code}
+        except Exception as exc:  # a bug or a runtime failure (e.g. CUDA OOM): fail the job, keep the worker
+            log.error("job %s failed:\n%s", job.request_id, traceback.format_exc())
+            message = f"Internal error while generating: {type(exc).__name__}"
+            ctx.log(message, "ERROR")
+            outcome = {"error": message, "error_type": ErrorType.INTERNAL_ERROR.value,
+                       "error_body": {"detail": message, "error_type": ErrorType.INTERNAL_ERROR.value},
+                       "status_code": 500}
+        self.store.complete(job.request_id, inference_time=time.perf_counter() - started, **outcome)
+
+    def serve_forever(self, poll_interval: float = 0.05) -> None:
+        threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        self.store.heartbeat(self.worker_id, ready=False, info={"pid": os.getpid()})
+        self.build_endpoints()
+        endpoint_ids = list(self.endpoints)
+        idle = poll_interval
+        while not self._stop.is_set():
+            job = self.store.claim_next(self.worker_id, endpoint_ids)
+            if job is None:
+                # Back off gently while idle; a claim is one indexed query.
+                self._stop.wait(idle)
+                idle = min(idle * 1.5, 0.25)
+                continue
+            idle = poll_interval
+            log.info("worker %s: running %s (attempt %d)", self.worker_id, job.request_id, job.attempts)
+            self.run_job(job)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit when the supervisor is gone (e.g. kill -9 of the server), so no orphan holds a GPU."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(1.0)
+
+
+def worker_main(settings: Settings, worker_id: str, parent_pid: int | None = None) -> None:
+    """Entry point of a worker process (multiprocessing 'spawn')."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{worker_id}] %(levelname)s %(message)s")
+    if parent_pid is not None:
+        threading.Thread(target=_die_with_parent, args=(parent_pid,), daemon=True).start()
+    worker = Worker(settings, worker_id)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    worker.serve_forever()
