@@ -76,18 +76,25 @@ class BodyLimitMiddleware:
                     return await send_json(send, 400, {"detail": "Invalid Content-Length"})
         received = 0
         started = False
+        answered = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, answered
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    # Answer now: frameworks turn errors raised while reading the body into their own 400.
+                    if not started and not answered:
+                        answered = True
+                        await send_json(send, 413, _too_large(limit))
                     raise BodyTooLarge()
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if answered:
+                return  # the 413 already went out; drop whatever the app says after it
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -95,7 +102,7 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
-            if not started:
+            if not started and not answered:
                 await send_json(send, 413, _too_large(limit))
 
 
