@@ -216,6 +216,22 @@ class SqliteJobStore(JobStore):
         row = self._db().execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else self._job(row)
 
+    def status_view(self, request_id: str) -> Job | None:
+        row = self._db().execute(
+            "SELECT j.request_id, j.endpoint_id, j.owner, j.app, j.state, j.error, j.error_type, j.inference_time,"
+            " CASE WHEN j.state = 'IN_QUEUE' THEN (SELECT COUNT(*) FROM jobs q WHERE q.state = 'IN_QUEUE' AND"
+            "  (q.priority_rank < j.priority_rank OR (q.priority_rank = j.priority_rank AND q.seq < j.seq)))"
+            " END AS position FROM jobs j WHERE j.request_id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Job(
+            request_id=row[0], endpoint_id=row[1], owner=row[2], app=row[3], input={}, state=QueueState(row[4]),
+            error=row[5], error_type=row[6], inference_time=row[7],
+            progress={"queue_position": row[8]} if row[8] is not None else None,
+        )
+
     def queue_position(self, request_id: str) -> int:
         db = self._db()
         row = db.execute(

@@ -95,6 +95,11 @@ class JobStore(abc.ABC):
     def get(self, request_id: str) -> Job | None: ...
 
     @abc.abstractmethod
+    def status_view(self, request_id: str) -> Job | None:
+        """A Job with only what a status answer needs (no input, result or error body), and
+        `progress` set to {"queue_position": n} while queued: the status hot path, one query."""
+
+    @abc.abstractmethod
     def queue_position(self, request_id: str) -> int:
         """How many queued jobs will be claimed before this one (normal before low, FIFO within)."""
 
