@@ -1,0 +1,136 @@
+"""The endpoint `fal-ai/ltx-video-13b-dev/image-to-video`: request → plan → image → two passes → mp4 → File."""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ltxserve.config import Settings
+from ltxserve.engine.contract import InputError, JobContext
+from ltxserve.engine.media import fetch_image, prepare_conditioning_image, write_mp4
+from ltxserve.engine.models import LTXComponents, load_components
+from ltxserve.engine.pipeline import GenerationInputs, generate_frames
+from ltxserve.engine.plan import LTXV_13B_097_DEV, PipelineConfig, output_size, plan_geometry, with_steps
+from ltxserve.engine.schema import ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
+
+log = logging.getLogger("ltxserve.engine")
+
+TINY_WARNING = ("This server runs the TINY random-weight model (no CUDA GPU or no --model given): outputs are noise. "
+                "Serve on a CUDA machine with the 13B weights for real videos.")
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.bfloat16}
+
+
+def resolve_device_dtype(settings: Settings) -> tuple[torch.device, torch.dtype]:
+    cuda = torch.cuda.is_available()
+    device = torch.device(("cuda" if cuda else "cpu") if settings.device == "auto" else settings.device)
+    if settings.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = _DTYPES[settings.dtype]
+    return device, dtype
+
+
+def resolve_model(settings: Settings) -> str:
+    """'auto' is the pinned 13B weights on a CUDA machine (pulled and verified on first start), 'tiny' elsewhere."""
+    if settings.model != "auto":
+        return settings.model
+    if not torch.cuda.is_available():
+        log.warning(TINY_WARNING)
+        return "tiny"
+    from ltxserve.weights.provision import ensure_weights
+
+    return str(ensure_weights(settings, say=log.info))
+
+
+@dataclass
+class GeneratedVideo:
+    frames: np.ndarray  # uint8 (frames, height, width, 3)
+    seed: int
+    prompt: str
+
+
+class _NoContext:
+    request_id = "offline"
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        log.log(logging.WARNING if level in ("WARN", "ERROR") else logging.INFO, message)
+
+    def progress(self, step: int, total: int, stage: str) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return False
+
+
+class ImageToVideoEndpoint:
+    endpoint_id = ENDPOINT_ID
+    input_model = ImageToVideoInput
+
+    def __init__(self, settings: Settings, components: LTXComponents | None = None,
+                 config: PipelineConfig = LTXV_13B_097_DEV):
+        self.settings = settings
+        self.config = config
+        if components is None:
+            device, dtype = resolve_device_dtype(settings)
+            components = load_components(resolve_model(settings), device=device, dtype=dtype)
+        self.components = components
+
+    def generate(self, inp: ImageToVideoInput, ctx: JobContext | None = None, *, width: int | None = None,
+                 height: int | None = None) -> GeneratedVideo:
+        ctx = ctx or _NoContext()
+        self._refuse_unsupported(inp)
+        if self.components.is_tiny:
+            ctx.log(TINY_WARNING, "WARN")
+        if inp.enable_safety_checker:
+            ctx.log("enable_safety_checker: this build runs no safety checker", "WARN")
+        seed = inp.seed if inp.seed is not None else random.SystemRandom().randrange(2**32)
+        image = fetch_image(inp.image_url, self.settings)
+        width, height = width or inp.width, height or inp.height
+        if width is None or height is None:
+            width, height = output_size(inp.resolution, inp.aspect_ratio, image.size)
+        try:
+            geometry = plan_geometry(width, height, inp.num_frames, self.config.downscale_factor)
+            config = with_steps(self.config, inp.first_pass_num_inference_steps, inp.first_pass_skip_final_steps,
+                                inp.second_pass_num_inference_steps, inp.second_pass_skip_initial_steps)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        ctx.log(f"{width}x{height}, {inp.num_frames} frames (model: {geometry.num_frames_padded} frames at "
+                f"{geometry.first_pass_width}x{geometry.first_pass_height} then "
+                f"{geometry.second_pass_width}x{geometry.second_pass_height}), seed {seed}")
+        conditioning = prepare_conditioning_image(image, width, height, geometry.padding, inp.constant_rate_factor)
+
+        def on_step(step: int, total: int, stage: str) -> None:
+            ctx.progress(step, total, stage)
+            ctx.log(f"{stage} step {step}/{total}")
+
+        frames = generate_frames(
+            self.components, config,
+            GenerationInputs(prompt=inp.prompt, negative_prompt=inp.negative_prompt, conditioning_image=conditioning,
+                             geometry=geometry, frame_rate=inp.frame_rate, seed=seed),
+            on_step=on_step, should_cancel=ctx.cancelled,
+        )
+        if inp.reverse_video:
+            frames = np.ascontiguousarray(frames[::-1])
+        return GeneratedVideo(frames=frames, seed=seed, prompt=inp.prompt)
+
+    def run(self, inp: ImageToVideoInput, ctx: JobContext) -> ImageToVideoOutput:
+        video = self.generate(inp, ctx)
+        with tempfile.TemporaryDirectory(prefix="ltxserve-") as tmp:
+            path = Path(tmp) / "output.mp4"
+            write_mp4(video.frames, path, inp.frame_rate)
+            file = ctx.save_file(path, "output.mp4", "video/mp4")
+        return ImageToVideoOutput(video=file, prompt=video.prompt, seed=video.seed)
+
+    @staticmethod
+    def _refuse_unsupported(inp: ImageToVideoInput) -> None:
+        if inp.loras:
+            raise InputError("loras are not supported by this build yet", loc=("body", "loras"))
+        if inp.expand_prompt:
+            raise InputError("expand_prompt is not supported by this build yet", loc=("body", "expand_prompt"))

@@ -1,0 +1,99 @@
+"""The hosted endpoint's input and output schema, field for field, plus ltxserve's two documented extensions.
+
+Torch-free: the API imports this module to validate submissions and to publish the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ltxserve.engine.contract import EndpointSpec
+from ltxserve.protocol import File
+
+ENDPOINT_ID = "fal-ai/ltx-video-13b-dev/image-to-video"
+DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
+
+
+class LoraWeight(BaseModel):
+    path: str = Field(description="URL, Hugging Face repo id or local path of a LoRA in .safetensors format.")
+    weight_name: str | None = Field(default=None, description="File inside the repository, when it holds several.")
+    scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Strength of the LoRA.")
+
+
+class ImageToVideoInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=10_000, description="Text describing the video.")
+    negative_prompt: str = Field(default=DEFAULT_NEGATIVE_PROMPT, max_length=10_000,
+                                 description="What the video should not show.")
+    loras: list[LoraWeight] = Field(default_factory=list, max_length=8,
+                                    description="LoRAs to apply (not yet supported by this build: a request with "
+                                                "LoRAs fails with a clear error).")
+    resolution: Literal["480p", "720p"] = Field(
+        default="720p", description="720p: 1280x720, 720x1280 or 720x720; 480p: 848x480, 480x848 or 480x480.")
+    aspect_ratio: Literal["9:16", "1:1", "16:9", "auto"] = Field(
+        default="auto", description="'auto' picks the aspect (16:9, 1:1 or 9:16) nearest the input image's.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                             description="Random seed; a random one is chosen and returned when omitted.")
+    num_frames: int = Field(default=121, ge=9, le=1441, description=(
+        "Frames to generate. The model works on 8k+1 frames: other counts are generated at the next 8k+1 and "
+        "the extra frames are dropped."))
+    first_pass_num_inference_steps: int = Field(default=30, ge=2, le=100)
+    first_pass_skip_final_steps: int = Field(default=3, ge=0, le=99, description=(
+        "Final steps of the first pass replaced by one step to zero noise (the reference's "
+        "skip_final_inference_steps)."))
+    second_pass_num_inference_steps: int = Field(default=30, ge=2, le=100)
+    second_pass_skip_initial_steps: int = Field(default=17, ge=0, le=99, description=(
+        "Initial steps of the second pass skipped: the upsampled first pass is noised to the first remaining "
+        "timestep (the reference's skip_initial_inference_steps)."))
+    frame_rate: int = Field(default=30, ge=1, le=120, description="Frames per second of the output; it also "
+                                                                  "conditions the model.")
+    expand_prompt: bool = Field(default=False, description="Expand the prompt with a language model (not yet "
+                                                           "supported by this build: true fails with a clear error).")
+    reverse_video: bool = Field(default=False, description="Reverse the frame order of the output.")
+    enable_safety_checker: bool = Field(default=True, description=(
+        "Accepted for compatibility; this build runs no safety checker and says so in the job logs."))
+    image_url: str = Field(min_length=1, description="The first frame: an http(s) URL or a data: URI.")
+    constant_rate_factor: int = Field(default=35, ge=0, le=51, description=(
+        "H.264 CRF the input image is compressed with before conditioning (0 = no compression), as the "
+        "reference does to match the look of video frames."))
+    # --- ltxserve extensions ----------------------------------------------------------------------------------
+    width: int | None = Field(default=None, ge=64, le=2048, description=(
+        "ltxserve extension: explicit output width, overriding resolution/aspect_ratio (needs height). Sides "
+        "that are not multiples of 32 are padded for the model and cropped back."))
+    height: int | None = Field(default=None, ge=64, le=2048, description="ltxserve extension: explicit output "
+                                                                         "height (needs width).")
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "ImageToVideoInput":
+        if self.first_pass_skip_final_steps >= self.first_pass_num_inference_steps:
+            raise ValueError("first_pass_skip_final_steps must be less than first_pass_num_inference_steps")
+        if self.second_pass_skip_initial_steps >= self.second_pass_num_inference_steps:
+            raise ValueError("second_pass_skip_initial_steps must be less than second_pass_num_inference_steps")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together")
+        return self
+
+    @field_validator("image_url")
+    @classmethod
+    def _check_image_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "data:")):
+            raise ValueError("image_url must be an http(s) URL or a data: URI")
+        return value
+
+
+class ImageToVideoOutput(BaseModel):
+    video: File = Field(description="The generated video (mp4, H.264).")
+    prompt: str = Field(description="The prompt used.")
+    seed: int = Field(description="The seed used.")
+
+
+SPEC = EndpointSpec(
+    endpoint_id=ENDPOINT_ID,
+    input_model=ImageToVideoInput,
+    output_model=ImageToVideoOutput,
+    factory="ltxserve.engine.endpoint:ImageToVideoEndpoint",
+    summary="LTX-Video 0.9.7 13B dev, image to video: two-pass multi-scale generation as Lightricks' reference.",
+)
