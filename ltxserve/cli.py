@@ -83,10 +83,7 @@ def _tls_init(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    try:
-        from ltxserve.engine.offline import add_generate_arguments
-    except ModuleNotFoundError:  # TEMP until the engine lands
-        return
+    from ltxserve.engine.offline import add_generate_arguments
 
     p = sub.add_parser("generate", help="generate videos offline (no server), from flags, JSON or JSONL")
     add_generate_arguments(p)

@@ -53,10 +53,30 @@ def check_host(host: str, port: int, allow_private: bool) -> None:
             raise FetchError(f"{host} resolves to a non-public address ({address}); refused")
 
 
+def read_own_file(url: str, settings: Settings, limit: int) -> bytes | None:
+    """A URL this server handed out (an upload, an earlier output) is read from disk, not fetched over HTTP:
+    no network hop, and the private-network guard does not refuse the server's own address."""
+    prefix = settings.base_url() + "/files/"
+    if not url.startswith(prefix):
+        return None
+    parts = urlsplit(url).path.split("/files/", 1)[1].split("/")
+    if len(parts) != 2 or not all(p and p not in (".", "..") for p in parts):
+        raise FetchError("malformed file URL")
+    path = settings.files_dir / parts[0] / unquote_to_bytes(parts[1]).decode()
+    if not path.is_file():
+        raise FetchError("no such file on this server (expired or never uploaded)")
+    if path.stat().st_size > limit:
+        raise FetchError(f"larger than {limit} bytes")
+    return path.read_bytes()
+
+
 def fetch_bytes(url: str, settings: Settings, *, max_bytes: int | None = None) -> bytes:
     limit = max_bytes or settings.fetch_max_bytes
     if url.startswith("data:"):
         return decode_data_uri(url, limit)
+    own = read_own_file(url, settings, limit)
+    if own is not None:
+        return own
     deadline = time.monotonic() + settings.fetch_timeout_seconds
     with httpx.Client(timeout=settings.fetch_timeout_seconds, follow_redirects=False) as client:
         for _ in range(MAX_REDIRECTS + 1):

@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from ltxserve.engine.plan import LTXV_13B_097_DEV, plan_geometry
+
 GiB = 1024**3
 
 MemoryMode = Literal["gpu", "offload", "sequential"]
@@ -46,7 +48,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "weights" / "configs"
 
 # The 0.9.7-dev multi-scale recipe: pass 1 runs at 2/3 of the padded size with CFG + STG (batch of 3: negative,
 # positive, perturbed); pass 2 at twice pass 1 with STG only (batch of 2).
-DOWNSCALE_FACTOR = 0.6666666
 PASS1_BATCH = 3
 PASS2_BATCH = 2
 PROMPT_TOKENS = 256
@@ -108,13 +109,12 @@ class PassSizes:
 
 
 def pass_sizes(request: RequestSize) -> PassSizes:
-    """Pad width/height up to multiples of 32 and frames to 8n+1; pass 1 = floor32(padded * 0.6666666), pass 2 = 2x."""
-    pw = -(-request.width // 32) * 32
-    ph = -(-request.height // 32) * 32
-    pf = -(-(request.num_frames - 1) // 8) * 8 + 1
-    w1 = int(pw * DOWNSCALE_FACTOR) // 32 * 32
-    h1 = int(ph * DOWNSCALE_FACTOR) // 32 * 32
-    return PassSizes(pw, ph, pf, w1, h1, 2 * w1, 2 * h1)
+    """The pipeline's own geometry (plan.plan_geometry): padded canvas, pass 1 at 2/3, pass 2 at twice pass 1."""
+    g = plan_geometry(request.width, request.height, request.num_frames, LTXV_13B_097_DEV.downscale_factor)
+    return PassSizes(
+        g.width_padded, g.height_padded, g.num_frames_padded,
+        g.first_pass_width, g.first_pass_height, g.second_pass_width, g.second_pass_height,
+    )
 
 
 @dataclass(frozen=True)
