@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LTX_I2V_ENDPOINT = "ltxserve.engine.schema:SPEC"
@@ -55,8 +55,23 @@ class Settings(BaseSettings):
     # --- engine --------------------------------------------------------------------------------------------------
     model: str = Field(default="auto", description="auto | tiny | PATH to a checkpoint folder or file.")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    dtype: str = Field(default="auto", description="auto | bf16 | fp16 | fp32")
+    dtype: str = Field(default="auto", description="auto | bf16 | fp16 | fp32 | fp8 (fp8: transformer weights only)")
     use_triton_kernels: bool = True
+    memory: str = Field(
+        default="auto", description="auto | gpu | offload | sequential: where the model's components live (placement)."
+    )
+
+    # --- weights (weights.lock, `ltxserve weights`) ------------------------------------------------------------
+    weights_dir: Path = Field(default=Path("./weights"), description="Folder holding the pinned 13B weights.")
+    weights_lock: Path | None = Field(default=None, description="weights.lock to use; default: the one shipped.")
+    weights_base_url: str = Field(default="https://huggingface.co", description="Hub to download weights from.")
+    hf_token: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LTXSERVE_HF_TOKEN", "HF_TOKEN", "hf_token"),
+        description="Token for gated / private repositories; sent only to weights_base_url.",
+    )
+    weights_auto_pull: bool = Field(default=True, description="Pull missing weights when serving the 13B model.")
+    weights_pull_workers: int = Field(default=4, description="Files downloaded in parallel.")
 
     # --- fetching inputs (image_url, LoRA URLs) -------------------------------------------------------------------
     fetch_max_bytes: int = 50 * 1024 * 1024

@@ -1,0 +1,180 @@
+"""`ltxserve doctor`: what this machine has, and what `ltxserve serve` would do on it.
+
+Prints the GPU(s), driver and free memory, whether the pinned weights are present and verified, and the memory
+placement the server would choose for a request size. On a machine without a CUDA GPU it says so, says that the
+server would run the tiny random-weight model, and shows the placement it would choose on common cards.
+Exit status 0 means this machine can serve the 13B model now; 1 means it cannot (the output says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ltxserve.config import Settings
+from ltxserve.engine.placement import (
+    DTYPE_CHOICES,
+    MEMORY_CHOICES,
+    GiB,
+    PlacementError,
+    RequestSize,
+    card_free_bytes,
+    count_model_sizes,
+    plan_placement,
+)
+from ltxserve.weights.lock import LockError
+from ltxserve.weights.provision import load_settings_lock
+from ltxserve.weights.store import FileState, verify_weights
+
+REFERENCE_CARDS_GB = (80, 48, 24, 16)
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    capability: tuple[int, int]
+
+
+def probe_gpus() -> list[GpuInfo]:
+    """The CUDA devices torch can see, with their free memory now."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(i)
+        props = torch.cuda.get_device_properties(i)
+        gpus.append(GpuInfo(i, props.name, total, free, (props.major, props.minor)))
+    return gpus
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver version from nvidia-smi, when it is installed."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
+def add_doctor_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("doctor", help="show the GPU, the weights and the memory plan for this machine")
+    parser.add_argument("--weights-dir", type=Path, help="weights folder (LTXSERVE_WEIGHTS_DIR)")
+    parser.add_argument("--lock", type=Path, help="weights.lock to use (LTXSERVE_WEIGHTS_LOCK)")
+    parser.add_argument("--memory", choices=MEMORY_CHOICES, help="placement to check (LTXSERVE_MEMORY; auto)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="weight dtype to check (LTXSERVE_DTYPE; auto)")
+    parser.add_argument("--width", type=int, default=1280, help="request width to plan for (default 1280)")
+    parser.add_argument("--height", type=int, default=720, help="request height to plan for (default 720)")
+    parser.add_argument("--num-frames", type=int, default=121, help="request frames to plan for (default 121)")
+    parser.add_argument("--verify", action="store_true", help="hash the weight files (slow) instead of trusting "
+                        "earlier verification")
+    parser.set_defaults(func=doctor_main)
+    return parser
+
+
+def _settings(args: argparse.Namespace, settings: Settings | None) -> Settings:
+    overrides = {
+        "weights_dir": getattr(args, "weights_dir", None),
+        "weights_lock": getattr(args, "lock", None),
+        "memory": getattr(args, "memory", None),
+        "dtype": getattr(args, "dtype", None),
+    }
+    return (settings or Settings()).model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _weights_section(settings: Settings, verify: bool, out: Callable[[str], None]) -> bool:
+    try:
+        lock, lock_path = load_settings_lock(settings)
+    except LockError as exc:
+        out(f"  weights.lock: {exc}")
+        return False
+    out(f"  lock:   {lock_path}")
+    out(f"  folder: {Path(settings.weights_dir).resolve()}")
+    report = verify_weights(lock, settings.weights_dir, quick=not verify, hash_files=verify)
+    for status in report.statuses:
+        out(f"  {status.state.value:<26} {status.component}: {status.file.dest}")
+    unpinned = [c.name for c in lock.select() if not c.revision_resolved]
+    if unpinned:
+        out(f"  note: no pinned revision for {', '.join(unpinned)}: `weights pull` refuses them; use "
+            "`ltxserve weights pin` or `ltxserve weights import DIR`")
+    if report.ok:
+        out("  all required weights present and verified")
+    elif all(s.state in (FileState.OK, FileState.UNCHECKED) for s in report.statuses):
+        out("  present; not all verified yet (`ltxserve weights verify`, or the server verifies them at start)")
+    else:
+        out("  not ready: `ltxserve weights pull` (or `import DIR`) would fetch what is missing")
+    return report.ok or all(s.state in (FileState.OK, FileState.UNCHECKED) for s in report.statuses)
+
+
+def doctor_main(args: argparse.Namespace, settings: Settings | None = None, out: Callable[[str], None] = print) -> int:
+    settings = _settings(args, settings)
+    request = RequestSize(args.width, args.height, args.num_frames)
+
+    out("ltxserve doctor")
+    out(f"  python {platform.python_version()} on {platform.system()} {platform.machine()}")
+    try:
+        import torch
+
+        out(f"  torch {torch.__version__} (CUDA runtime {torch.version.cuda or 'none'})")
+    except ImportError:
+        out("  torch is not installed")
+
+    out("\nGPU")
+    gpus = probe_gpus()
+    if gpus:
+        driver = driver_version()
+        out(f"  NVIDIA driver {driver or 'unknown (nvidia-smi not found)'}")
+        for g in gpus:
+            out(f"  cuda:{g.index} {g.name} (sm {g.capability[0]}{g.capability[1]}): "
+                f"{g.free_bytes / GiB:.1f} GiB free of {g.total_bytes / GiB:.1f} GiB")
+    else:
+        out("  no CUDA GPU visible: `ltxserve serve` (--model auto) would serve the TINY random-weight model here;")
+        out("  its outputs are noise. The 13B model needs a CUDA GPU.")
+
+    out("\nWeights")
+    weights_ok = _weights_section(settings, args.verify, out)
+
+    out(f"\nMemory placement for a {request.width}x{request.height}, {request.num_frames}-frame request "
+        f"(--memory {settings.memory}, --dtype {settings.dtype})")
+    sizes = count_model_sizes()
+    fits = False
+    if gpus:
+        gpu = gpus[0]
+        try:
+            plan = plan_placement(gpu.free_bytes, sizes, request, memory=settings.memory, dtype=settings.dtype)
+            out("  " + plan.describe().replace("\n", "\n  "))
+            fits = True
+        except (PlacementError, ValueError) as exc:
+            out(f"  {exc}")
+    else:
+        out("  on this machine: none (no GPU). On common cards it would choose:")
+        for gb in REFERENCE_CARDS_GB:
+            try:
+                plan = plan_placement(
+                    card_free_bytes(gb), sizes, request, memory=settings.memory, dtype=settings.dtype
+                )
+                out(f"  {gb:>3} GB card: {plan.memory}, {plan.dtype} transformer weights, {plan.vae_decode} VAE "
+                    f"decode, ~{plan.peak_bytes / GiB:.1f} GiB peak")
+            except (PlacementError, ValueError) as exc:
+                out(f"  {gb:>3} GB card: {exc}")
+
+    ready = bool(gpus) and weights_ok and fits
+    out("\n" + ("ready to serve the 13B model" if ready else "not ready to serve the 13B model (see above)"))
+    return 0 if ready else 1

@@ -1,0 +1,168 @@
+"""`ltxserve weights pull|verify|import DIR|show|pin`: argument builders and the command's entry point.
+
+Wire into the main CLI with ``add_weights_arguments(subparsers)``; the parser's ``func`` is `weights_main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ltxserve.config import Settings
+from ltxserve.weights.fetch import FetchError, pull_weights
+from ltxserve.weights.lock import LockError
+from ltxserve.weights.provision import load_settings_lock, save_recorded
+from ltxserve.weights.store import WeightsError, import_weights, show_weights, verify_weights
+
+
+def _add_common(parser: argparse.ArgumentParser, *, selection: bool = True) -> None:
+    parser.add_argument("--weights-dir", type=Path, help="weights folder (LTXSERVE_WEIGHTS_DIR; default ./weights)")
+    parser.add_argument("--lock", type=Path, help="weights.lock to use (LTXSERVE_WEIGHTS_LOCK; default: shipped)")
+    if selection:
+        parser.add_argument(
+            "--component", action="append", metavar="NAME", help="only this lock component (repeatable)"
+        )
+        parser.add_argument("--optional", action="store_true", help="include optional components (fp8 transformer)")
+
+
+def add_weights_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "weights", help="download, verify, import and list the pinned model weights (weights.lock)"
+    )
+    sub = parser.add_subparsers(dest="weights_command", required=True, metavar="pull|verify|import|show|pin")
+
+    pull = sub.add_parser("pull", help="download the lock's files (resumable, parallel, verified)")
+    _add_common(pull)
+    pull.add_argument("--workers", type=int, help="files downloaded in parallel (default 4)")
+    pull.add_argument("--base-url", help="Hub base URL (LTXSERVE_WEIGHTS_BASE_URL; default https://huggingface.co)")
+    pull.add_argument(
+        "--no-record",
+        action="store_true",
+        help='refuse files whose sha256 is "unknown" in the lock instead of recording it on first download',
+    )
+    pull.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    verify = sub.add_parser("verify", help="hash the files on disk and compare them with the lock")
+    _add_common(verify)
+    verify.add_argument("--quick", action="store_true", help="trust earlier hashes of files unchanged since")
+
+    imp = sub.add_parser("import", help="copy the lock's files from a folder (air-gapped machines), verified")
+    imp.add_argument("source", type=Path, metavar="DIR")
+    _add_common(imp)
+    imp.add_argument("--no-record", action="store_true", help='refuse files whose sha256 is "unknown" in the lock')
+
+    show = sub.add_parser("show", help="what is there, what is missing, sizes")
+    _add_common(show, selection=False)
+
+    pin = sub.add_parser("pin", help="set a component's revision to an exact commit id in the lock")
+    _add_common(pin, selection=False)
+    pin.add_argument("name", help="lock component, e.g. checkpoint")
+    pin.add_argument("revision", help="full 40-hex-digit commit id")
+    pin.add_argument("--note", default="", help="how the commit was found")
+
+    parser.set_defaults(func=weights_main)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, settings: Settings | None = None) -> Settings:
+    overrides = {
+        "weights_dir": getattr(args, "weights_dir", None),
+        "weights_lock": getattr(args, "lock", None),
+        "weights_base_url": getattr(args, "base_url", None),
+        "weights_pull_workers": getattr(args, "workers", None),
+    }
+    base = settings or Settings()
+    return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def weights_main(args: argparse.Namespace, settings: Settings | None = None, out: Callable[[str], None] = print) -> int:
+    """Run one `ltxserve weights` subcommand; returns the process exit status (0 ok, 1 not verified, 2 error)."""
+    settings = settings_from_args(args, settings)
+    try:
+        return _COMMANDS[args.weights_command](args, settings, out)
+    except (LockError, WeightsError) as exc:
+        if isinstance(exc, FetchError) and exc.lock is not None:
+            lock, path = load_settings_lock(settings)
+            save_recorded(exc.lock, lock, path, out)
+        out(f"error: {exc}")
+        return 2
+
+
+def _pull(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
+    lock, path = load_settings_lock(settings)
+    result = pull_weights(
+        lock,
+        settings.weights_dir,
+        components=args.component,
+        include_optional=args.optional,
+        base_url=settings.weights_base_url,
+        token=settings.hf_token,
+        record=not args.no_record,
+        workers=settings.weights_pull_workers,
+        progress_bar=not args.no_progress and sys.stderr.isatty(),
+        log=out,
+    )
+    save_recorded(result.lock, lock, path, out)
+    out(
+        f"downloaded {len(result.downloaded)} file(s), {len(result.already_present)} already present"
+        + (f", recorded {len(result.recorded)} new hash(es) in {path}" if result.recorded else "")
+    )
+    out(result.report.summary())
+    return 0 if result.report.ok else 1
+
+
+def _verify(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
+    lock, _ = load_settings_lock(settings)
+    report = verify_weights(
+        lock, settings.weights_dir, components=args.component, include_optional=args.optional, quick=args.quick
+    )
+    for status in report.statuses:
+        out(status.describe())
+    out(report.summary())
+    return 0 if report.ok else 1
+
+
+def _import(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
+    lock, path = load_settings_lock(settings)
+    result = import_weights(
+        lock,
+        args.source,
+        settings.weights_dir,
+        components=args.component,
+        include_optional=args.optional,
+        record=not args.no_record,
+    )
+    save_recorded(result.lock, lock, path, out)
+    out(f"imported {len(result.imported)} file(s) from {args.source}")
+    out(result.report.summary())
+    return 0 if result.report.ok else 1
+
+
+def _show(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
+    lock, _ = load_settings_lock(settings)
+    out(show_weights(lock, settings.weights_dir))
+    return 0
+
+
+def _pin(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
+    lock, path = load_settings_lock(settings)
+    save_recorded(lock.with_revision(args.name, args.revision, args.note), lock, path, out)
+    out(f"{args.name}: pinned to {args.revision}")
+    return 0
+
+
+_COMMANDS = {"pull": _pull, "verify": _verify, "import": _import, "show": _show, "pin": _pin}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m ltxserve.weights.cli ...`), handy until the main CLI wires the subcommand."""
+    parser = argparse.ArgumentParser(prog="ltxserve")
+    add_weights_arguments(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

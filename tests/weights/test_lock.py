@@ -1,0 +1,150 @@
+"""weights.lock: the committed file is valid and canonical, parsing rejects what it must, writing round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ltxserve.weights.lock import (
+    UNKNOWN_SHA256,
+    LockError,
+    default_lock_path,
+    dump_lock,
+    load_lock,
+    parse_lock,
+    write_lock,
+)
+
+REPO_LOCK = Path(__file__).resolve().parents[2] / "weights.lock"
+
+MINIMAL = """
+version = 1
+
+[[component]]
+name = "checkpoint"
+repo = "acme/model"
+revision = "0123456789abcdef0123456789abcdef01234567"
+
+[[component.file]]
+path = "model.safetensors"
+sha256 = "{sha}"
+"""
+GOOD_SHA = "ab" * 32
+
+
+def test_repository_lock_is_the_default_and_parses():
+    assert default_lock_path() == REPO_LOCK
+    lock = load_lock(REPO_LOCK)
+    names = {c.name for c in lock.components}
+    assert {"checkpoint", "spatial_upscaler", "text_encoder", "tokenizer", "transformer_fp8"} <= names
+
+
+def test_repository_lock_is_in_canonical_form():
+    # `pull --record` rewrites the file with dump_lock; the committed file must already be in that form so a
+    # recorded hash shows up in a diff as exactly the changed lines.
+    text = REPO_LOCK.read_text()
+    assert dump_lock(parse_lock(text)) == text
+
+
+def test_repository_lock_lays_files_out_as_load_components_reads_them():
+    lock = load_lock(REPO_LOCK)
+    dests = {f.dest for c in lock.select() for f in c.files}
+    assert "ltxv-13b-0.9.7-dev.safetensors" in dests
+    assert "ltxv-spatial-upscaler-0.9.7.safetensors" in dests
+    assert any(d.startswith("text_encoder/text_encoder/") and d.endswith(".safetensors") for d in dests)
+    assert "text_encoder/tokenizer/spiece.model" in dests
+    # The optional fp8 file must not sit beside the bf16 checkpoint, where "any single *.safetensors" would be ambiguous.
+    fp8 = lock.component("transformer_fp8")
+    assert fp8.optional and all("/" in f.dest for f in fp8.files)
+
+
+def test_repository_lock_marks_provenance_honestly():
+    lock = load_lock(REPO_LOCK)
+    checkpoint = lock.component("checkpoint").files[0]
+    assert checkpoint.hash_known and not checkpoint.verified
+    assert "mirror" in checkpoint.sha256_source
+    for comp in lock.components:
+        # Every revision is either a full commit id or explicitly unresolved, never a branch.
+        assert comp.revision_resolved or comp.revision == "unresolved"
+        assert comp.revision_resolved or comp.revision_note
+        for f in comp.files:
+            assert f.hash_known or f.sha256 == UNKNOWN_SHA256
+            assert f.sha256_source, f"{f.dest} says nothing about where its hash comes from"
+
+
+def test_minimal_lock_fills_defaults():
+    lock = parse_lock(MINIMAL.format(sha=GOOD_SHA))
+    f = lock.component("checkpoint").files[0]
+    assert f.dest == f.path == "model.safetensors"
+    assert f.size is None and not f.verified
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (('revision = "0123456789abcdef0123456789abcdef01234567"', 'revision = "main"'), "40-hex"),
+        (('revision = "0123456789abcdef0123456789abcdef01234567"', 'revision = "b0f7c01"'), "short id"),
+        (('sha256 = "{sha}"', 'sha256 = "ABC"'), "sha256"),
+        (('repo = "acme/model"', 'repo = "model"'), "owner/name"),
+        (('path = "model.safetensors"', 'path = "m"\ndest = "../escape"'), "relative path"),
+        (('path = "model.safetensors"', 'path = "m"\ndest = "/abs/file"'), "relative path"),
+        (("version = 1", "version = 2"), "version"),
+        (('path = "model.safetensors"', 'path = "m"\nsize = "big"'), "size"),
+        (('name = "checkpoint"', "name = 3"), "name"),
+    ],
+)
+def test_invalid_locks_are_rejected_with_a_reason(change, message):
+    old, new = change
+    text = MINIMAL.replace(old, new).format(sha=GOOD_SHA)
+    with pytest.raises(LockError, match=message):
+        parse_lock(text)
+
+
+def test_duplicate_destinations_are_rejected():
+    text = MINIMAL.format(sha=GOOD_SHA)
+    text += text.split("version = 1", 1)[1].replace('name = "checkpoint"', 'name = "other"')
+    with pytest.raises(LockError, match="duplicate file dest"):
+        parse_lock(text)
+
+
+def test_not_toml_is_a_lock_error():
+    with pytest.raises(LockError, match="not valid TOML"):
+        parse_lock("version = = 1")
+
+
+def test_write_then_load_round_trips_and_records(tmp_path):
+    lock = load_lock(REPO_LOCK)
+    dest = "text_encoder/text_encoder/config.json"
+    recorded = lock.with_recorded("text_encoder", dest, sha256="cd" * 32, size=788, source="recorded in a test")
+    path = write_lock(recorded, tmp_path / "weights.lock")
+
+    again = load_lock(path)
+    assert again == recorded
+    entry = next(f for f in again.component("text_encoder").files if f.dest == dest)
+    assert (entry.sha256, entry.sha256_source) == ("cd" * 32, "recorded in a test")
+    # Only that entry changed.
+    diff = [a for a, b in zip(dump_lock(lock).splitlines(), path.read_text().splitlines()) if a != b]
+    assert len(diff) == 2  # the sha256 line and its source line
+
+
+def test_recording_never_overwrites_a_known_hash():
+    lock = parse_lock(MINIMAL.format(sha=GOOD_SHA))
+    same = lock.with_recorded("checkpoint", "model.safetensors", sha256="ef" * 32, size=10, source="x")
+    f = same.component("checkpoint").files[0]
+    assert f.sha256 == GOOD_SHA
+    assert f.size == 10  # a missing size is filled in
+
+
+def test_pin_requires_a_full_commit():
+    lock = parse_lock(MINIMAL.format(sha=GOOD_SHA))
+    with pytest.raises(LockError, match="40-hex"):
+        lock.with_revision("checkpoint", "828d9fa")
+    pinned = lock.with_revision("checkpoint", "f" * 40, "found on the Hub")
+    assert pinned.component("checkpoint").revision == "f" * 40
+
+
+def test_unknown_component_names_the_known_ones():
+    lock = parse_lock(MINIMAL.format(sha=GOOD_SHA))
+    with pytest.raises(LockError, match="checkpoint"):
+        lock.component("vae")
