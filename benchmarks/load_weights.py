@@ -23,6 +23,9 @@ import threading
 import time
 from pathlib import Path
 
+# Runnable from a source checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 READ_CHUNK = 16 * 1024 * 1024
 GB = 1e9
 
@@ -166,8 +169,15 @@ def _touch(obj) -> int:
     return total
 
 
-def measure(directory: Path, dtype_name: str, loader: str) -> dict:
-    """Read the files cold, then load them cold; returns the raw figures (runs in a fresh process)."""
+def measure(directory: Path, dtype_name: str, loader: str, rounds: int) -> dict:
+    """Alternate cold reads and cold loads `rounds` times; returns the raw figures (runs in a fresh process).
+
+    Disk speed on a shared machine drifts, so both timings are medians over interleaved rounds. Resident memory is
+    sampled during the first load, when nothing has been loaded before in this process.
+    """
+    import gc
+    import statistics
+
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
@@ -182,42 +192,43 @@ def measure(directory: Path, dtype_name: str, loader: str) -> dict:
 
     paths = _files(directory)
     file_bytes = sum(p.stat().st_size for p in paths)
+    reads: list[float] = []
+    loads: list[float] = []
+    evicted = True
+    for round_index in range(rounds):
+        evicted = _evict(paths) and evicted
+        t0 = time.perf_counter()
+        _read_all(paths)
+        reads.append(time.perf_counter() - t0)
 
-    # Disk speed on a shared machine drifts: time the plain read twice around the load and keep the faster.
-    evicted = _evict(paths)
-    t0 = time.perf_counter()
-    _read_all(paths)
-    read_seconds = time.perf_counter() - t0
-
-    _evict(paths)
-    baseline = {"VmRSS": _status_kb("VmRSS") * 1024, "RssAnon": _status_kb("RssAnon") * 1024}
-    sampler = _RssSampler()
-    sampler.start()
-    t0 = time.perf_counter()
-    loaded = load()
-    touched = _touch(loaded)  # a lazily mapped tensor is not loaded until read: read one element per page
-    load_seconds = time.perf_counter() - t0
-    peak = sampler.stop()
-    hwm = _status_kb("VmHWM") * 1024
-    if loader == "components":
-        loaded_params = sum(p.numel() for p in loaded.transformer.parameters())
-    else:
-        loaded_params = sum(v.numel() for k, v in loaded["ltxv-13b-0.9.7-dev.safetensors"].items()
-                            if k.startswith("transformer."))
-    del loaded
-    import gc
-
-    gc.collect()  # unmap the loaded files, or their pages could not be evicted
-    _evict(paths)
-    t0 = time.perf_counter()
-    _read_all(paths)
-    read_seconds = min(read_seconds, time.perf_counter() - t0)
+        _evict(paths)
+        if round_index == 0:
+            baseline = {"VmRSS": _status_kb("VmRSS") * 1024, "RssAnon": _status_kb("RssAnon") * 1024}
+            sampler = _RssSampler()
+            sampler.start()
+        t0 = time.perf_counter()
+        loaded = load()
+        touched = _touch(loaded)  # a lazily mapped tensor is not loaded until read: read one element per page
+        loads.append(time.perf_counter() - t0)
+        if round_index == 0:
+            peak = sampler.stop()
+            hwm = _status_kb("VmHWM") * 1024
+            if loader == "components":
+                loaded_params = sum(p.numel() for p in loaded.transformer.parameters())
+            else:
+                loaded_params = sum(v.numel() for k, v in loaded["ltxv-13b-0.9.7-dev.safetensors"].items()
+                                    if k.startswith("transformer."))
+        del loaded
+        gc.collect()  # unmap the loaded files, or their pages could not be evicted
     return {
         "files": len(paths),
         "file_bytes": file_bytes,
         "page_cache_evicted": evicted,
-        "read_seconds": read_seconds,
-        "load_seconds": load_seconds,
+        "rounds": rounds,
+        "read_seconds": statistics.median(reads),
+        "load_seconds": statistics.median(loads),
+        "read_seconds_all": reads,
+        "load_seconds_all": loads,
         "baseline_rss": baseline["VmRSS"],
         "baseline_anon": baseline["RssAnon"],
         "peak_rss_sampled": peak["VmRSS"],
@@ -235,6 +246,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=4, help="transformer layers (the real model has 48)")
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="dtype to load into")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the checkpoint even if present")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved read / load rounds (medians are used)")
     parser.add_argument(
         "--loader", choices=("components", "safetensors"), default="components",
         help="components: ltxserve's load_components on the real layout (the measurement that counts); "
@@ -249,7 +261,7 @@ def main() -> int:
         build(args.dir, args.layers, raw=args.loader == "safetensors")
         return 0
     if args._measure:
-        print(json.dumps(measure(args.dir, args.dtype, args.loader)))
+        print(json.dumps(measure(args.dir, args.dtype, args.loader, args.rounds)))
         return 0
 
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -261,7 +273,8 @@ def main() -> int:
         subprocess.run([*me, "--_build", *common], check=True)
         marker.write_text(stamp)
     out = subprocess.run(
-        [*me, "--_measure", "--dir", str(args.dir), "--dtype", args.dtype, "--loader", args.loader],
+        [*me, "--_measure", "--dir", str(args.dir), "--dtype", args.dtype, "--loader", args.loader,
+         "--rounds", str(args.rounds)],
         check=True, capture_output=True, text=True,
     ).stdout
     r = json.loads(out.strip().splitlines()[-1])
@@ -274,6 +287,8 @@ def main() -> int:
     print(f"files: {r['files']} in {args.dir}, {r['file_bytes'] / GB:.2f} GB "
           f"(transformer {r['transformer_params'] / 1e9:.2f} B params, {args.layers} layers); load dtype {args.dtype}")
     print(f"page cache evicted before each step: {r['page_cache_evicted']}")
+    print(f"median of {r['rounds']} interleaved rounds; reads {[round(x, 2) for x in r['read_seconds_all']]} s, "
+          f"loads {[round(x, 2) for x in r['load_seconds_all']]} s")
     print(f"read from disk: {r['read_seconds']:.2f} s ({r['file_bytes'] / GB / r['read_seconds']:.2f} GB/s); "
           f"load + first read of every page: {r['load_seconds']:.2f} s")
     print(f"peak RSS increase while loading: {rss_increase / GB:.2f} GB "
