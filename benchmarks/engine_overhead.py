@@ -47,7 +47,9 @@ def _recording(modules: dict[str, torch.nn.Module], calls: list):
         originals[(name, attr)] = (module, fn)
 
         def recorder(*args, **kwargs):
-            calls.append((f"{name}.{attr}", fn, args, kwargs))
+            # STG state lives in the attention processors: keep it with the call so the replay does the same work
+            stg = [getattr(b.attn1.processor, "perturbed_rows", None) for b in getattr(module, "transformer_blocks", [])]
+            calls.append((f"{name}.{attr}", fn, args, kwargs, module, stg))
             return fn(*args, **kwargs)
 
         setattr(module, attr, recorder)
@@ -97,7 +99,9 @@ def main() -> None:
     def replay() -> float:
         start = time.perf_counter()
         with torch.inference_mode():
-            for _name, fn, a, kw in calls:
+            for _name, fn, a, kw, module, stg in calls:
+                for block, rows in zip(getattr(module, "transformer_blocks", []), stg):
+                    block.attn1.processor.perturbed_rows = rows
                 fn(*a, **kw)
         return time.perf_counter() - start
 
@@ -112,7 +116,7 @@ def main() -> None:
         bare.append(replay())
 
     by_module: dict[str, int] = {}
-    for name, *_ in calls:
+    for name, *_rest in calls:
         by_module[name] = by_module.get(name, 0) + 1
     e2e_med, bare_med = statistics.median(e2e), statistics.median(bare)
     print(f"request: {args.width}x{args.height}, {args.num_frames} frames, model={args.model}, repeats={args.repeats}")

@@ -230,7 +230,7 @@ def denoise_pass(
 
         per_token_t = torch.minimum(t.expand(n, tokens.shape[1]), 1.0 - mask_tokens.expand(n, -1))
         noise_pred = c.transformer(
-            hidden_states=tokens.expand(n, -1, -1).to(c.transformer.dtype),
+            hidden_states=tokens.expand(n, -1, -1),  # c.dtype; not transformer.dtype, which walks every parameter
             encoder_hidden_states=text.embeds[rows],
             timestep=per_token_t * TIMESTEP_SCALE,
             encoder_attention_mask=text.mask[rows],
