@@ -209,14 +209,18 @@ def build_queue_router(service: QueueService, auth) -> APIRouter:
 
     for spec in service.specs:
         _add_submit_route(router, service, spec)
+    add_unknown_app_routes(router)
+    return router
+
+
+def add_unknown_app_routes(router: APIRouter) -> None:
+    """After the endpoints' own routes: any other POST is fal's 404 for an unknown application."""
 
     @router.post("/{owner}/{app}", include_in_schema=False)
     @router.post("/{owner}/{app}/{path:path}", include_in_schema=False)
     def unknown_app(owner: str, app: str, path: str = ""):
         full = "/".join(p for p in (owner, app, path) if p)
         raise HTTPException(404, detail=f"Application '{full}' not found")
-
-    return router
 
 
 def _add_submit_route(router: APIRouter, service: QueueService, spec: EndpointSpec) -> None:

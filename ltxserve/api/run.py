@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 
 from anyio import to_thread
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, Request
 
-from ltxserve.api.queue import QueueService
+from ltxserve.api.queue import QueueService, add_unknown_app_routes
 from ltxserve.engine.contract import EndpointSpec
 from ltxserve.protocol import QueueState
 
@@ -21,13 +21,7 @@ def build_run_router(service: QueueService, auth) -> APIRouter:
     router = APIRouter(prefix="/run", dependencies=[Depends(auth)])
     for spec in service.specs:
         _add_run_route(router, service, spec)
-
-    @router.post("/{owner}/{app}", include_in_schema=False)
-    @router.post("/{owner}/{app}/{path:path}", include_in_schema=False)
-    def unknown_app(owner: str, app: str, path: str = ""):
-        full = "/".join(p for p in (owner, app, path) if p)
-        raise HTTPException(404, detail=f"Application '{full}' not found")
-
+    add_unknown_app_routes(router)
     return router
 
 
