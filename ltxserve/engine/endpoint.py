@@ -77,10 +77,26 @@ class ImageToVideoEndpoint:
                  config: PipelineConfig = LTXV_13B_097_DEV):
         self.settings = settings
         self.config = config
+        self.offloader = None
         if components is None:
-            device, dtype = resolve_device_dtype(settings)
-            components = load_components(resolve_model(settings), device=device, dtype=dtype)
+            components = self._load(settings)
         self.components = components
+
+    def _load(self, settings: Settings) -> LTXComponents:
+        device, dtype = resolve_device_dtype(settings)
+        model = resolve_model(settings)
+        if device.type != "cuda" or model == "tiny":
+            return load_components(model, device=device, dtype=dtype)
+        # On a GPU, place the components by the card's free memory (all resident, offloaded in turns, fp8, or
+        # streamed): load to host memory first, then let the placement move what goes to the GPU.
+        from ltxserve.engine.offload import apply_placement, plan_for_this_gpu
+
+        components = load_components(model, device="cpu", dtype=dtype)
+        placement = plan_for_this_gpu(settings.memory, settings.dtype, device_index=device.index or 0)
+        log.info("memory placement: %s", placement)
+        self.offloader = apply_placement(components, placement, device)
+        components.device = device
+        return components
 
     def generate(self, inp: ImageToVideoInput, ctx: JobContext | None = None, *, width: int | None = None,
                  height: int | None = None) -> GeneratedVideo:
@@ -117,7 +133,7 @@ class ImageToVideoEndpoint:
             on_step=on_step, should_cancel=ctx.cancelled,
         )
         if inp.reverse_video:
-            frames = np.ascontiguousarray(frames[::-1])
+            frames = frames[::-1]  # a view: write_mp4 makes each frame contiguous as it streams it
         return GeneratedVideo(frames=frames, seed=seed, prompt=inp.prompt)
 
     def run(self, inp: ImageToVideoInput, ctx: JobContext) -> ImageToVideoOutput:
