@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     weights_auto_pull: bool = Field(default=True, description="Pull missing weights when serving the 13B model.")
     weights_pull_workers: int = Field(default=4, description="Files downloaded in parallel.")
 
+    # --- LoRAs ------------------------------------------------------------------------------------------------------
+    lora_dirs: list[Path] = Field(default_factory=list, description="Local folders LoRA paths may point into.")
+    lora_max_bytes: int = Field(default=2 * 1024**3, description="Largest LoRA file accepted.")
+    lora_cache_bytes: int = Field(default=20 * 1024**3, description="Disk cache of downloaded LoRAs (LRU eviction).")
+
     # --- fetching inputs (image_url, LoRA URLs) -------------------------------------------------------------------
     fetch_max_bytes: int = 50 * 1024 * 1024
     fetch_timeout_seconds: float = 30.0

@@ -13,6 +13,8 @@ import torch
 
 from ltxserve.config import Settings
 from ltxserve.engine.contract import InputError, JobContext
+from ltxserve.engine.lora import LoraStore
+from ltxserve.engine.lora import applied as lora_applied
 from ltxserve.engine.media import fetch_image, prepare_conditioning_image, write_mp4
 from ltxserve.engine.models import LTXComponents, load_components
 from ltxserve.engine.pipeline import GenerationInputs, generate_frames
@@ -81,6 +83,7 @@ class ImageToVideoEndpoint:
         if components is None:
             components = self._load(settings)
         self.components = components
+        self.loras = LoraStore(settings)
 
     def _load(self, settings: Settings) -> LTXComponents:
         device, dtype = resolve_device_dtype(settings)
@@ -121,17 +124,24 @@ class ImageToVideoEndpoint:
                 f"{geometry.first_pass_width}x{geometry.first_pass_height} then "
                 f"{geometry.second_pass_width}x{geometry.second_pass_height}), seed {seed}")
         conditioning = prepare_conditioning_image(image, width, height, geometry.padding, inp.constant_rate_factor)
+        adapters = []
+        for i, lora in enumerate(inp.loras):
+            adapter = self.loras.load(lora.path, lora.weight_name, self.components.transformer)
+            adapters.append((adapter, lora.scale))
+            ctx.log(f"LoRA {i}: {lora.path} ({len(adapter.layers)} layers, scale {lora.scale:g})")
 
         def on_step(step: int, total: int, stage: str) -> None:
             ctx.progress(step, total, stage)
             ctx.log(f"{stage} step {step}/{total}")
 
-        frames = generate_frames(
-            self.components, config,
-            GenerationInputs(prompt=inp.prompt, negative_prompt=inp.negative_prompt, conditioning_image=conditioning,
-                             geometry=geometry, frame_rate=inp.frame_rate, seed=seed),
-            on_step=on_step, should_cancel=ctx.cancelled,
-        )
+        with lora_applied(self.components.transformer, adapters):  # both passes; removed exactly afterwards
+            frames = generate_frames(
+                self.components, config,
+                GenerationInputs(prompt=inp.prompt, negative_prompt=inp.negative_prompt,
+                                 conditioning_image=conditioning, geometry=geometry, frame_rate=inp.frame_rate,
+                                 seed=seed),
+                on_step=on_step, should_cancel=ctx.cancelled,
+            )
         if inp.reverse_video:
             frames = frames[::-1]  # a view: write_mp4 makes each frame contiguous as it streams it
         return GeneratedVideo(frames=frames, seed=seed, prompt=inp.prompt)
@@ -146,7 +156,5 @@ class ImageToVideoEndpoint:
 
     @staticmethod
     def _refuse_unsupported(inp: ImageToVideoInput) -> None:
-        if inp.loras:
-            raise InputError("loras are not supported by this build yet", loc=("body", "loras"))
         if inp.expand_prompt:
             raise InputError("expand_prompt is not supported by this build yet", loc=("body", "expand_prompt"))

@@ -28,9 +28,9 @@ class ImageToVideoInput(BaseModel):
     prompt: str = Field(min_length=1, max_length=10_000, description="Text describing the video.")
     negative_prompt: str = Field(default=DEFAULT_NEGATIVE_PROMPT, max_length=10_000,
                                  description="What the video should not show.")
-    loras: list[LoraWeight] = Field(default_factory=list, max_length=8,
-                                    description="LoRAs to apply (not yet supported by this build: a request with "
-                                                "LoRAs fails with a clear error).")
+    loras: list[LoraWeight] = Field(default_factory=list, max_length=8, description=(
+        "LoRAs to apply in both passes: https URL, Hugging Face repo id (owner/name[@revision] with weight_name) or a "
+        "file under the server's allowed LoRA folders; .safetensors only."))
     resolution: Literal["480p", "720p"] = Field(
         default="720p", description="720p: 1280x720, 720x1280 or 720x720; 480p: 848x480, 480x848 or 480x480.")
     aspect_ratio: Literal["9:16", "1:1", "16:9", "auto"] = Field(

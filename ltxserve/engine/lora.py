@@ -1,0 +1,237 @@
+"""LoRAs per request: fetched safely, parsed from the layouts LTX-Video LoRAs are published in, applied unfused.
+
+Application is unfused: a forward hook on each targeted Linear adds scale · (alpha / rank) · (x Aᵀ) Bᵀ to its output.
+Removing the hooks restores the base model exactly (its weights are never written), switching LoRAs costs no weight
+copy, and several LoRAs stack by adding their terms. Parsed adapters stay in memory in a small LRU; downloaded files
+stay on disk, content-addressed, under a size cap with least-recently-used eviction.
+
+Key layouts accepted (one file may use one layout):
+- diffusers / PEFT: `transformer.<module>.lora_A.weight` / `lora_B.weight` (optionally `.lora_A.<adapter>.weight`)
+- original LTX-Video / ComfyUI: `diffusion_model.<module>.lora_A.weight` / `lora_B.weight`, or `.lora_down.weight` /
+  `.lora_up.weight`, with or without `<module>.alpha`; module names in the reference's spelling (patchify_proj,
+  adaln_single, q_norm, ...) are mapped to diffusers' as fal's fork of the reference maps `diffusion_model.` keys.
+A LoRA any of whose modules does not exist in the loaded transformer, or whose shapes do not fit, is refused whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+
+from ltxserve.config import Settings
+from ltxserve.engine.contract import InputError
+from ltxserve.engine.net import FetchError, fetch_bytes
+
+_RENAMES = (("patchify_proj", "proj_in"), ("adaln_single", "time_embed"), ("q_norm", "norm_q"), ("k_norm", "norm_k"))
+_PREFIXES = ("transformer.", "diffusion_model.", "model.diffusion_model.", "base_model.model.")
+_KEY = re.compile(r"^(?P<module>.+?)\.(?:(?P<ab>lora_A|lora_B)(?:\.[A-Za-z0-9_-]+)?\.weight|"
+                  r"(?P<ud>lora_down|lora_up)\.weight|(?P<alpha>alpha))$")
+_HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    down: torch.Tensor  # A: (rank, in_features)
+    up: torch.Tensor  # B: (out_features, rank)
+    scale: float  # alpha / rank (1 when the file has no alpha)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    digest: str
+    layers: dict[str, LoraLayer]  # diffusers module name -> factors
+
+    def delta(self, module: str) -> torch.Tensor:
+        """The weight change of one module at scale 1: (alpha / rank) · B · A."""
+        layer = self.layers[module]
+        return layer.scale * (layer.up.float() @ layer.down.float())
+
+
+def _module_name(raw: str) -> str:
+    for prefix in _PREFIXES:
+        if raw.startswith(prefix):
+            raw = raw[len(prefix):]
+            break
+    for a, b in _RENAMES:
+        raw = raw.replace(a, b)
+    return raw
+
+
+def parse_lora(tensors: dict[str, torch.Tensor], digest: str, *, field: str = "loras") -> LoraAdapter:
+    """Group a LoRA file's tensors per module, in any supported layout."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if not m:
+            unknown.append(key)
+            continue
+        role = "alpha" if m["alpha"] else ("down" if (m["ab"] == "lora_A" or m["ud"] == "lora_down") else "up")
+        parts.setdefault(_module_name(m["module"]), {})[role] = tensor
+    if unknown:
+        raise InputError(f"LoRA has keys in no supported layout: {sorted(unknown)[:8]}", loc=("body", field))
+    layers = {}
+    for module, p in parts.items():
+        if "down" not in p or "up" not in p:
+            raise InputError(f"LoRA module {module} lacks its {'up' if 'down' in p else 'down'} matrix",
+                             loc=("body", field))
+        down, up = p["down"], p["up"]
+        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+            raise InputError(f"LoRA module {module}: factor shapes {tuple(up.shape)} x {tuple(down.shape)} "
+                             "do not chain", loc=("body", field))
+        rank = down.shape[0]
+        scale = float(p["alpha"]) / rank if "alpha" in p else 1.0
+        layers[module] = LoraLayer(down=down, up=up, scale=scale)
+    if not layers:
+        raise InputError("LoRA file holds no LoRA weights", loc=("body", field))
+    return LoraAdapter(digest=digest, layers=layers)
+
+
+def check_against(adapter: LoraAdapter, transformer: torch.nn.Module, *, field: str = "loras") -> None:
+    """Every module must exist as a Linear of matching shape; otherwise nothing is applied."""
+    modules = dict(transformer.named_modules())
+    missing = sorted(m for m in adapter.layers if not isinstance(modules.get(m), torch.nn.Linear))
+    if missing:
+        raise InputError(f"LoRA does not match this model: {len(missing)} modules not found, e.g. {missing[:6]}",
+                         loc=("body", field))
+    for name, layer in adapter.layers.items():
+        linear = modules[name]
+        if layer.down.shape[1] != linear.in_features or layer.up.shape[0] != linear.out_features:
+            raise InputError(f"LoRA module {name} is {layer.up.shape[0]}x{layer.down.shape[1]}, the model's is "
+                             f"{linear.out_features}x{linear.in_features}", loc=("body", field))
+
+
+@contextmanager
+def applied(transformer: torch.nn.Module, adapters: list[tuple[LoraAdapter, float]]) -> Iterator[None]:
+    """Add the LoRAs' terms to the targeted Linears for the duration of the block; the weights are untouched."""
+    modules = dict(transformer.named_modules())
+    per_module: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
+    device = next(transformer.parameters()).device
+    for adapter, strength in adapters:
+        for name, layer in adapter.layers.items():
+            dtype = modules[name].weight.dtype
+            per_module.setdefault(name, []).append(
+                (layer.down.to(device, dtype), layer.up.to(device, dtype), strength * layer.scale))
+    handles = []
+    for name, terms in per_module.items():
+        def hook(_module, inputs, output, terms=terms):
+            x = inputs[0]
+            for down, up, s in terms:
+                output = output + s * ((x @ down.T) @ up.T)
+            return output
+
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class LoraStore:
+    """Finds LoRA files (URL, Hugging Face repo, allowed local folder), caches them, parses them once."""
+
+    def __init__(self, settings: Settings, memory_slots: int = 8):
+        self.settings = settings
+        self.cache_dir = settings.data_dir / "lora-cache"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._parsed: OrderedDict[str, LoraAdapter] = OrderedDict()
+        self._slots = memory_slots
+        self._lock = threading.Lock()
+
+    # --- sources ------------------------------------------------------------------------------------------------
+    def _url_for(self, path: str, weight_name: str | None) -> str | None:
+        if path.startswith(("http://", "https://")):
+            return path
+        if _HF_REPO.match(path) and not Path(path).exists():
+            repo, _, revision = path.partition("@")
+            if not weight_name:
+                raise InputError(f"LoRA {path}: give weight_name (the .safetensors file in the repository)",
+                                 loc=("body", "loras"))
+            return f"{self.settings.weights_base_url.rstrip('/')}/{repo}/resolve/{revision or 'main'}/{weight_name}"
+        return None
+
+    def _local(self, path: str, weight_name: str | None) -> Path:
+        candidate = Path(path).expanduser()
+        if weight_name:
+            candidate = candidate / weight_name
+        resolved = candidate.resolve()
+        allowed = [Path(d).expanduser().resolve() for d in self.settings.lora_dirs]
+        if not any(resolved.is_relative_to(d) for d in allowed):
+            raise InputError(f"LoRA path {path} is not under an allowed LoRA folder (settings: lora_dirs)",
+                             loc=("body", "loras"))
+        if not resolved.is_file():
+            raise InputError(f"LoRA file {resolved} does not exist", loc=("body", "loras"))
+        return resolved
+
+    def _index(self) -> dict[str, str]:
+        index = self.cache_dir / "urls.json"
+        return json.loads(index.read_text()) if index.exists() else {}
+
+    def _fetch(self, url: str) -> Path:
+        with self._lock:
+            digest = self._index().get(url)
+        if digest and (self.cache_dir / f"{digest}.safetensors").exists():
+            path = self.cache_dir / f"{digest}.safetensors"
+            os.utime(path)  # recently used
+            return path
+        try:
+            data = fetch_bytes(url, self.settings, max_bytes=self.settings.lora_max_bytes)
+        except FetchError as exc:
+            raise InputError(f"Could not fetch LoRA {url}: {exc}", loc=("body", "loras")) from None
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.cache_dir / f"{digest}.safetensors"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        with self._lock:
+            index = self._index()
+            index[url] = digest
+            (self.cache_dir / "urls.json").write_text(json.dumps(index))
+        self._evict()
+        return path
+
+    def _evict(self) -> None:
+        files = sorted(self.cache_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        while files and total > self.settings.lora_cache_bytes:
+            oldest = files.pop(0)
+            total -= oldest.stat().st_size
+            oldest.unlink(missing_ok=True)
+
+    # --- loading ------------------------------------------------------------------------------------------------
+    def load(self, path: str, weight_name: str | None, transformer: torch.nn.Module) -> LoraAdapter:
+        url = self._url_for(path, weight_name)
+        file = self._fetch(url) if url else self._local(path, weight_name)
+        if file.stat().st_size > self.settings.lora_max_bytes:
+            raise InputError(f"LoRA {path} is larger than {self.settings.lora_max_bytes} bytes", loc=("body", "loras"))
+        data = file.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if digest in self._parsed:
+                self._parsed.move_to_end(digest)
+                return self._parsed[digest]
+        try:
+            tensors = load_safetensors(data)  # safetensors only: never unpickle
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise InputError(f"LoRA {path} is not a readable .safetensors file ({exc})", loc=("body", "loras")) from None
+        adapter = parse_lora(tensors, digest)
+        check_against(adapter, transformer)
+        with self._lock:
+            self._parsed[digest] = adapter
+            while len(self._parsed) > self._slots:
+                self._parsed.popitem(last=False)
+        return adapter
+
