@@ -148,6 +148,7 @@ class LoraStore:
         self.cache_dir = settings.data_dir / "lora-cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._parsed: OrderedDict[str, LoraAdapter] = OrderedDict()
+        self._by_source: dict[str, str] = {}
         self._slots = memory_slots
         self._lock = threading.Lock()
 
@@ -214,6 +215,15 @@ class LoraStore:
     # --- loading ------------------------------------------------------------------------------------------------
     def load(self, path: str, weight_name: str | None, transformer: torch.nn.Module) -> LoraAdapter:
         url = self._url_for(path, weight_name)
+        source = url or str(self._local(path, weight_name))
+        if not url:
+            stat = Path(source).stat()
+            source = f"{source}:{stat.st_size}:{stat.st_mtime_ns}"  # a changed local file is read again
+        with self._lock:  # a recently used LoRA costs no file I/O
+            digest = self._by_source.get(source)
+            if digest in self._parsed:
+                self._parsed.move_to_end(digest)
+                return self._parsed[digest]
         file = self._fetch(url) if url else self._local(path, weight_name)
         if file.stat().st_size > self.settings.lora_max_bytes:
             raise InputError(f"LoRA {path} is larger than {self.settings.lora_max_bytes} bytes", loc=("body", "loras"))
@@ -221,6 +231,7 @@ class LoraStore:
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
             if digest in self._parsed:
+                self._by_source[source] = digest
                 self._parsed.move_to_end(digest)
                 return self._parsed[digest]
         try:
@@ -230,6 +241,7 @@ class LoraStore:
         adapter = parse_lora(tensors, digest)
         check_against(adapter, transformer)
         with self._lock:
+            self._by_source[source] = digest
             self._parsed[digest] = adapter
             while len(self._parsed) > self._slots:
                 self._parsed.popitem(last=False)

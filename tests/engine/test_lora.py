@@ -152,6 +152,8 @@ def test_sources_url_hub_and_local_with_cache(tiny_components, lora_server, tmp_
     assert set(a.layers) == {name for name, _ in TARGETS} and a.layers["proj_in"].scale == 1.0  # alpha 4 / rank 4
     again = LoraStore(settings).load(lora_server + "/x.safetensors", None, tr)  # a new process: disk cache
     assert again.digest == a.digest and _Files.hits.count("/x.safetensors") == 1
+    (store.cache_dir / f"{a.digest}.safetensors").unlink()  # a recently used LoRA needs no file at all
+    assert store.load(lora_server + "/x.safetensors", None, tr) is a
     hub = store.load("owner/repo", "style.safetensors", tr)
     assert hub.digest == a.digest
     assert store.load(str(local / "mine.safetensors"), None, tr).layers
