@@ -283,16 +283,7 @@ def load_original_layout(folder: Path, device: str, dtype: torch.dtype) -> LTXCo
     upscaler_path = folder / UPSCALER_NAME
     if not upscaler_path.exists():
         raise CheckpointError(f"{folder}: missing {UPSCALER_NAME}")
-    u_state, u_meta = _read_safetensors(upscaler_path, device)
-    if "config" not in u_meta:
-        raise CheckpointError(f"{upscaler_path}: no `config` metadata")
-    ucfg = json.loads(u_meta["config"])
-    with torch.device("meta"):
-        upsampler = LTXLatentUpsamplerModel(
-            in_channels=ucfg.get("in_channels", 128), mid_channels=ucfg.get("mid_channels", 512),
-            num_blocks_per_stage=ucfg.get("num_blocks_per_stage", 4), dims=ucfg.get("dims", 3),
-            spatial_upsample=ucfg.get("spatial_upsample", True), temporal_upsample=ucfg.get("temporal_upsample", False))
-    _assign(upsampler, u_state, upscaler_path.name)
+    upsampler = _load_original_upsampler(upscaler_path, device)
 
     text_root = folder / "text_encoder"
     text_encoder, tokenizer = _load_text(text_root / "text_encoder", text_root / "tokenizer", device, dtype)
@@ -301,6 +292,40 @@ def load_original_layout(folder: Path, device: str, dtype: torch.dtype) -> LTXCo
         latent_upsampler=_materialise(upsampler, dtype), text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler_config=config.get("scheduler", {}), device=torch.device(device), dtype=dtype, source=str(folder),
     )
+
+
+def _load_original_upsampler(path: Path, device: str) -> LTXLatentUpsamplerModel:
+    """The upscaler's single file, its architecture read from the `config` metadata (dtype as stored)."""
+    state, metadata = _read_safetensors(path, device)
+    if "config" not in metadata:
+        raise CheckpointError(f"{path}: no `config` metadata")
+    cfg = json.loads(metadata["config"])
+    with torch.device("meta"):
+        upsampler = LTXLatentUpsamplerModel(
+            in_channels=cfg.get("in_channels", 128), mid_channels=cfg.get("mid_channels", 512),
+            num_blocks_per_stage=cfg.get("num_blocks_per_stage", 4), dims=cfg.get("dims", 3),
+            spatial_upsample=cfg.get("spatial_upsample", True), temporal_upsample=cfg.get("temporal_upsample", False))
+    _assign(upsampler, state, path.name)
+    return upsampler
+
+
+def _load_diffusers_upsampler(folder: Path, device: str, dtype: torch.dtype) -> LTXLatentUpsamplerModel:
+    """Lightricks publish the upscaler apart from the diffusers pipeline (Lightricks/ltxv-spatial-upscaler-0.9.7,
+    itself a folder with latent_upsampler/). Accepted, in this order: FOLDER/latent_upsampler/, that repository's
+    folder placed anywhere one level inside FOLDER, or the original-layout upscaler file inside FOLDER."""
+    direct = folder / "latent_upsampler"
+    nested = sorted(p.parent for p in folder.glob("*/latent_upsampler/config.json"))
+    if (direct / "config.json").exists():
+        source = direct
+    elif len(nested) == 1:
+        source = nested[0]
+    elif len(nested) > 1:
+        raise CheckpointError(f"{folder}: several latent upsamplers ({', '.join(str(p) for p in nested)})")
+    elif (folder / UPSCALER_NAME).exists():
+        return _materialise(_load_original_upsampler(folder / UPSCALER_NAME, device), dtype)
+    else:
+        raise CheckpointError(f"{folder}: missing latent_upsampler/ (or the upscaler's folder, or {UPSCALER_NAME})")
+    return LTXLatentUpsamplerModel.from_pretrained(source, local_files_only=True, torch_dtype=dtype)
 
 
 def _load_text(encoder_dir: Path, tokenizer_dir: Path, device: str, dtype: torch.dtype):
@@ -321,7 +346,7 @@ def load_diffusers_layout(folder: Path, device: str, dtype: torch.dtype) -> LTXC
     common = dict(local_files_only=True, torch_dtype=dtype)
     transformer = LTXVideoTransformer3DModel.from_pretrained(sub("transformer"), **common)
     vae = AutoencoderKLLTXVideo.from_pretrained(sub("vae"), **common)
-    upsampler = LTXLatentUpsamplerModel.from_pretrained(sub("latent_upsampler"), **common)
+    upsampler = _load_diffusers_upsampler(folder, device, dtype)
     text_encoder, tokenizer = _load_text(sub("text_encoder"), sub("tokenizer"), device, dtype)
     scheduler = {}
     if (folder / "scheduler" / "scheduler_config.json").exists():

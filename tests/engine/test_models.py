@@ -31,6 +31,8 @@ def _outputs(c):
     return [tr, mode, dec, up, te, c.vae.latents_mean, c.vae.latents_std]
 
 
+@pytest.mark.skipif(not REFERENCE_CHECKPOINT.exists(),
+                    reason="reference-built checkpoint absent: run scripts/make_reference_fixtures.py")
 def test_reference_built_checkpoint_loads_strictly():
     """A checkpoint ltxserve did not write: built and saved by the reference package's own classes."""
     c = load_components(REFERENCE_CHECKPOINT)
@@ -50,6 +52,8 @@ def test_round_trip_through_each_layout(layout, tiny_components, request):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not REFERENCE_CHECKPOINT.exists(),
+                    reason="reference-built checkpoint absent: run scripts/make_reference_fixtures.py")
 def test_original_layout_is_what_the_reference_reads(tiny_original_checkpoint):
     with safe_open(tiny_original_checkpoint / CHECKPOINT_NAME, "pt") as f:
         keys = set(f.keys())
@@ -86,3 +90,28 @@ def test_missing_files_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError):
         load_components(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("placement", ["upscaler_repo_folder", "original_file"])
+def test_diffusers_layout_finds_the_separately_published_upsampler(placement, tiny_components,
+                                                                   tiny_diffusers_checkpoint, tiny_original_checkpoint,
+                                                                   tmp_path):
+    """Lightricks publish the upscaler apart from the pipeline; the diffusers layout accepts it in its two forms."""
+    import shutil
+
+    folder = tmp_path / "pipeline"
+    shutil.copytree(tiny_diffusers_checkpoint, folder)
+    moved = folder / "latent_upsampler"
+    if placement == "upscaler_repo_folder":
+        shutil.move(moved, folder / "ltxv-spatial-upscaler-0.9.7" / "latent_upsampler")
+    else:
+        shutil.rmtree(moved)
+        shutil.copy(tiny_original_checkpoint / "ltxv-spatial-upscaler-0.9.7.safetensors", folder)
+    loaded = load_components(folder)
+    latents = torch.randn(1, 16, 2, 2, 3, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.latent_upsampler(latents), tiny_components.latent_upsampler(latents))
+    shutil.rmtree(folder / "ltxv-spatial-upscaler-0.9.7", ignore_errors=True)
+    (folder / "ltxv-spatial-upscaler-0.9.7.safetensors").unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="latent_upsampler"):
+        load_components(folder)
