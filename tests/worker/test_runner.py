@@ -1,0 +1,97 @@
+"""The worker's job loop, in process: results, files, errors as values, cancellation between steps."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from ltxserve.config import Settings
+from ltxserve.jobs.sqlite import SqliteJobStore
+from ltxserve.jobs.store import Job
+from ltxserve.protocol import QueueState
+from ltxserve.worker.runner import Worker
+from tests.worker.endpoints import STEPS_ID
+
+SPEC = "tests.worker.endpoints:STEPS"
+
+
+@pytest.fixture
+def worker(tmp_path):
+    settings = Settings(data_dir=tmp_path, endpoints=[SPEC], public_url="http://files.example:9000/")
+    store = SqliteJobStore(settings.db_path)
+    w = Worker(settings, "w-test", store=store)
+    w.build_endpoints()
+    yield w
+    store.close()
+
+
+def submit(store, **inp) -> str:
+    rid = uuid.uuid4().hex
+    store.submit(Job(request_id=rid, endpoint_id=STEPS_ID, owner="test", app="steps", input=inp))
+    return rid
+
+
+def run_next(worker: Worker) -> Job:
+    job = worker.store.claim_next(worker.worker_id, list(worker.endpoints))
+    worker.run_job(job)
+    return worker.store.get(job.request_id)
+
+
+def test_job_completes_with_result_logs_and_file(worker):
+    rid = submit(worker.store, text="hello", steps=2)
+    job = run_next(worker)
+    assert job.request_id == rid and job.state == QueueState.COMPLETED and job.error is None
+    assert job.result["reversed"] == "olleh" and job.inference_time > 0
+    f = job.result["file"]
+    assert f["url"].startswith("http://files.example:9000/files/") and f["url"].endswith("/out.txt")
+    file_id = f["url"].split("/")[-2]
+    stored = worker.store.get_file(file_id)
+    assert stored.request_id == rid and stored.file_size == 5
+    assert (worker.settings.files_dir / stored.path).read_text() == "olleh"
+    assert [e.message for e in worker.store.logs(rid)] == ["step 1/2", "step 2/2"]
+    assert worker.store.get(rid).progress == {"step": 2, "total": 2, "stage": "steps"}
+    assert worker.store.live_workers(60)[0]["ready"]
+
+
+def test_endpoint_error_completes_with_error(worker):
+    submit(worker.store, text="x", fail_with="endpoint")
+    job = run_next(worker)
+    assert job.state == QueueState.COMPLETED and job.result is None
+    assert job.error == "the text is unprintable" and job.error_type == "generation_error"
+    assert job.status_code == 500 and job.error_body["detail"] == "the text is unprintable"
+
+
+def test_bug_is_internal_error_without_trace_and_worker_goes_on(worker):
+    submit(worker.store, text="x", fail_with="bug")
+    good = submit(worker.store, text="ab")
+    job = run_next(worker)
+    assert job.error_type == "internal_error" and job.status_code == 500
+    assert "secret internals" not in job.error and "Traceback" not in job.error
+    assert run_next(worker).request_id == good and worker.store.get(good).result["reversed"] == "ba"
+
+
+def test_input_that_no_longer_validates_is_422(worker):
+    submit(worker.store, text="", steps=0)
+    job = run_next(worker)
+    assert job.status_code == 422 and job.error_type == "validation_error"
+    fields = {tuple(d["loc"]) for d in job.error_body["detail"]}
+    assert fields == {("body", "text"), ("body", "steps")}
+
+
+def test_cancel_of_running_job_stops_at_next_step(worker):
+    rid = submit(worker.store, text="slow", steps=50, step_seconds=0.05)
+    job = worker.store.claim_next(worker.worker_id, list(worker.endpoints))
+    t = threading.Thread(target=worker.run_job, args=(job,))
+    t.start()
+    deadline = time.time() + 10
+    while not worker.store.logs(rid) and time.time() < deadline:
+        time.sleep(0.02)
+    assert worker.store.request_cancel(rid) == "CANCELLATION_REQUESTED"
+    t.join(timeout=10)
+    done = worker.store.get(rid)
+    assert done.state == QueueState.COMPLETED and done.error_type == "request_cancelled"
+    steps_run = sum(1 for e in worker.store.logs(rid) if e.message.startswith("step "))
+    assert 1 <= steps_run < 50
