@@ -12,7 +12,8 @@ from ltxserve.config import Settings
 def make_auth_dependency(settings: Settings):
     keys = [k.encode() for k in settings.api_keys]
 
-    def require_key(request: Request) -> None:
+    # async: pure header work, so FastAPI runs it on the event loop instead of a thread-pool hop per request.
+    async def require_key(request: Request) -> None:
         if not keys:
             return
         header = request.headers.get("authorization", "")
