@@ -64,8 +64,8 @@ class BodyLimitMiddleware:
         return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)  # no body to limit: the polling path pays nothing here
         limit = self._limit(scope["path"])
         for k, v in scope.get("headers", []):
             if k == b"content-length":
