@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,9 +42,12 @@ class LiveServer:
         scheme = "https" if self.tls_dir else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this server: the local CA when it serves TLS."""
+        return ssl.create_default_context(cafile=str(self.tls_dir / "ca.pem")) if self.tls_dir else True
+
     def client(self, **kw) -> httpx.Client:
-        verify = str(self.tls_dir / "ca.pem") if self.tls_dir else True
-        return httpx.Client(base_url=self.base_url, timeout=30, verify=verify, **kw)
+        return httpx.Client(base_url=self.base_url, timeout=30, verify=self.verify(), **kw)
 
     def start(self, wait_ready: bool = True) -> "LiveServer":
         cmd = [sys.executable, "-m", "ltxserve.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),

@@ -46,8 +46,7 @@ def check_target_output(output: dict, server) -> None:
     assert output["prompt"] == TARGET_INPUT["prompt"] and output["seed"] == TARGET_INPUT["seed"]
     video = output["video"]
     assert video["content_type"] == "video/mp4" and video["file_name"].endswith(".mp4")
-    verify = str(server.tls_dir / "ca.pem") if server.tls_dir else True
-    r = httpx.get(video["url"], verify=verify)
+    r = httpx.get(video["url"], verify=server.verify())
     assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
     assert len(r.content) == video["file_size"]
     with av.open(io.BytesIO(r.content)) as container:

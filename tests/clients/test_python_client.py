@@ -112,7 +112,7 @@ def test_webhook_received_and_signature_verifies(server):
         payload = json.loads(body)
         assert payload["request_id"] == out["request_id"] and payload["status"] == "OK"
         assert payload["payload"] == out["result"]
-        with httpx.Client(verify=str(server.tls_dir / "ca.pem")) as c:
+        with httpx.Client(verify=server.verify()) as c:
             jwks = c.get(server.base_url + "/.well-known/jwks.json").json()
         assert _verify_like_a_fal_receiver(jwks, headers, body)
         tampered = body.replace(b'"OK"', b'"ERROR"')
