@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
 from ltxserve.engine.fp8 import FP8, Fp8Matmul, block_linears, convert_transformer_to_fp8
+from ltxserve.engine.segmented import install_segmented_forward
 
 CHECKPOINT_NAME = "ltxv-13b-0.9.7-dev.safetensors"
 FP8_CHECKPOINT_NAME = "ltxv-13b-0.9.7-dev-fp8.safetensors"  # Lightricks' e4m3 block Linears, the rest bf16
@@ -52,6 +53,10 @@ class LTXComponents:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     source: str = ""
+
+    def __post_init__(self) -> None:
+        # before any placement hook wraps the forwards: the adaLN values per distinct timestep (segmented.py)
+        install_segmented_forward(self.transformer)
 
     @property
     def is_tiny(self) -> bool:

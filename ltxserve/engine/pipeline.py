@@ -39,6 +39,7 @@ from ltxserve.engine.plan import (
     guidance_schedule,
     pass_timesteps,
 )
+from ltxserve.engine.segmented import is_segmented
 from ltxserve.engine.stg import STGController
 
 TEXT_MAX_TOKENS = 256
@@ -209,6 +210,12 @@ def denoise_pass(
 
     tokens = patchify(latents)
     mask_tokens = mask.reshape(1, -1)
+    # The per-token timestep min(t, 1 - mask) has one value on the conditioned tokens (the first f_cond latent
+    # frames, which lead the token order) and one on the rest: the transformer gets it per segment (segmented.py).
+    n_cond = f_cond * h * w
+    segments = (0, n_cond, f * h * w) if 0 < n_cond < f * h * w else (0, f * h * w)
+    segment_mask = torch.tensor([1.0, 0.0] if len(segments) == 3 else [float(n_cond > 0)], device=device)
+    segmented = is_segmented(c.transformer)
     init_tokens = tokens.clone()
     coords = pixel_coords(f, h, w, frame_rate, device)
     hard_conditioned = (mask_tokens > 1.0 - 1e-6).unsqueeze(-1)
@@ -240,14 +247,20 @@ def denoise_pass(
         stg.set(g.skip_block_list, perturbed)
 
         per_token_t = torch.minimum(t.expand(n, tokens.shape[1]), 1.0 - mask_tokens.expand(n, -1))
+        if segmented:
+            timestep = torch.minimum(t.expand(n, len(segments) - 1), 1.0 - segment_mask.expand(n, -1))
+            by_segment = dict(segments=segments)
+        else:
+            timestep, by_segment = per_token_t, {}
         noise_pred = c.transformer(
             # cast at the model boundary; c.dtype, not transformer.dtype, which walks every parameter
             hidden_states=tokens.to(dtype).expand(n, -1, -1),
             encoder_hidden_states=text.embeds[rows],
-            timestep=per_token_t * TIMESTEP_SCALE,
+            timestep=timestep * TIMESTEP_SCALE,
             encoder_attention_mask=text.mask[rows],
             video_coords=coords.expand(n, -1, -1),
             return_dict=False,
+            **by_segment,
         )[0].to(dtype)
         noise_pred = guide(noise_pred, g, p.cfg_star_rescale)
 
