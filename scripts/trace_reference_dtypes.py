@@ -10,7 +10,7 @@ It runs one case of scripts/make_reference_fixtures.py exactly as that script do
 folder, the committed fixtures are untouched) while wrapping the reference's functions and methods at the
 boundaries (text encoder, transformer, scheduler step, noise draws, VAE encode/decode, posterior sample, latent
 upsampler, AdaIN, tone mapping, post-processing, the final uint8 cast). Consecutive identical events are collapsed
-into one line with a count. REF_BF16_TRACE.md summarises the bf16 log.
+into one line with a count. docs/reference-bf16-trace.md summarises the bf16 log.
 """
 
 from __future__ import annotations

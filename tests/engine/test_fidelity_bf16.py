@@ -96,7 +96,7 @@ class _Draws(TorchFunctionMode):
 
 def test_bf16_dtype_boundaries_are_the_reference_s(components):
     """PSNR cannot tell a right bf16 path from a wrong one on this model (any bf16-sized change lands ~48 dB away,
-    as far as fp32 does), so the casts themselves are checked against the reference's, as REF_BF16_TRACE records
+    as far as fp32 does), so the casts themselves are checked against the reference's, as docs/reference-bf16-trace.md records
     them (scripts/trace_reference_dtypes.py): model inputs in bf16 with fp32 timesteps, the latent upsampler in
     fp32 both ways, the decoder fed bf16 latents with an fp32 timestep, and the noise drawn in bf16 (initial noise,
     posterior samples, the first step's conditioning noise) or fp32 (later steps' conditioning noise, decode noise)."""
