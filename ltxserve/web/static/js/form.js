@@ -113,8 +113,10 @@ export class RequestForm {
     const ids = { control: id, help: `${id}-help`, error: `e-${field.name.replace(/\W/g, "-")}` };
     const help = h("small", { class: "help", id: ids.help }, helpText(field));
     const error = this.errorSlot(field.name);
-    const label = h("label", { for: id }, field.label, field.required ? h("span", { class: "req", title: "required" }, " *") : null,
-      " ", h("code", {}, field.name));
+    // the star and the field's wire name are for the eye: the control's name stays "Prompt", "Num frames"...
+    const label = h("label", { for: id }, field.label,
+      field.required ? h("span", { class: "req", title: "required", "aria-hidden": "true" }, " *") : null,
+      " ", h("code", { "aria-hidden": "true" }, field.name));
     const wide = ["textarea", "json", "rows", "image"].includes(field.widget);
     const box = h("div", { class: `field ${field.widget}${wide ? " wide" : ""}`, "data-field": field.name });
 

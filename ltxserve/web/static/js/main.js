@@ -45,11 +45,9 @@ function setupAuth() {
     $("#auth").open = true;
     input.focus();
   };
-  $("#auth-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    $("#auth").open = false;
-    $("#auth summary").focus();
-  });
+  const close = () => { $("#auth").open = false; summary.focus(); };
+  $("#auth-form").addEventListener("submit", (event) => { event.preventDefault(); close(); });  // Enter in the field
+  $("#auth-done").addEventListener("click", close);
 }
 
 function chooseEndpoint(id) {
@@ -92,7 +90,9 @@ async function track(id, endpointId, input, { show = true } = {}) {
   if (show) {
     page.current = id;
     $("#result").hidden = true;
+    $("#result").replaceChildren();
     page.status.start(id, endpointId);
+    $("#status").scrollIntoView({ block: "nearest" });  // on a narrow screen the status is below the form
   }
   let running = false;
   let last = null;
@@ -141,11 +141,12 @@ async function track(id, endpointId, input, { show = true } = {}) {
   page.history.update(id, { state: "done", output });
   if (shown()) {
     page.status.finish({ ok: true, inferenceTime: last.metrics?.inference_time });
-    showResult(endpointId, input, output);
+    showResult(endpointId, input, output, id);
   }
 }
 
-function showResult(endpointId, input, output) {
+function showResult(endpointId, input, output, requestId) {
+  $("#result").dataset.requestId = requestId;
   renderResult($("#result"), {
     output, input, endpointId, withKey: page.keyRequired || Boolean(auth.key), expandPrompt: Boolean(input.expand_prompt),
   });
@@ -200,7 +201,7 @@ async function init() {
     onShow: (entry) => {
       page.current = entry.id;
       $("#status").hidden = true;
-      showResult(entry.endpoint, entry.input, entry.output);
+      showResult(entry.endpoint, entry.input, entry.output, entry.id);
     },
     onRerun: (entry) => submit(entry.endpoint, entry.input, { fromForm: false }),
     onEdit: editEntry,

@@ -14,9 +14,11 @@ function fileView(name, file) {
   const type = file.content_type || "";
   let media = null;
   if (type.startsWith("video/") || /\.(mp4|webm|mov)$/i.test(file.file_name || file.url)) {
-    media = h("video", { src: url, controls: true, autoplay: true, muted: true, loop: true, playsinline: true,
-                         "aria-label": `Output ${name}` });
-    media.muted = true;  // the attribute alone does not let autoplay start in every browser
+    media = h("video", { controls: true, muted: true, loop: true, playsinline: true, "aria-label": `Output ${name}` });
+    // muted before the source, then an explicit play(): the autoplay attribute alone does not start every browser
+    media.muted = true;
+    media.src = url;
+    media.addEventListener("canplay", () => media.play().catch(() => {}), { once: true });
   } else if (type.startsWith("image/")) {
     media = h("img", { src: url, alt: `Output ${name}` });
   }
