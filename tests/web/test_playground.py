@@ -122,6 +122,8 @@ def test_generate_watch_rerun_edit_and_cancel(tiny_server, open_tab, shoot, scen
     page.wait_for_function("() => JSON.parse(localStorage.getItem('ltxserve.history.v1') || '[]').length === 1")
     first_id = history(page)[0]["id"]
     wait_playing_video(page, first_id, 848, 480)
+    page.evaluate("scrollTo(0, 0)")
+    shoot(page, "playground", full_page=False)  # the README's picture (docs/playground.png)
     assert page.locator(".state").inner_text().startswith("Done")
     assert page.locator(".pass[data-pass='pass 2'] .steps").inner_text() == "1/1 steps"
     assert float(page.locator(".elapsed").inner_text().split()[0]) > 0
