@@ -94,7 +94,7 @@ def test_form_is_generated_from_the_schema(tiny_server, open_tab, shoot):
     tab.check_console()
 
 
-def test_generate_watch_rerun_edit_and_cancel(tiny_server, open_tab, shoot, scene_png):
+def test_generate_watch_edit_rerun_and_cancel(tiny_server, open_tab, shoot, scene_png):
     tab = open_tab(tiny_server.base_url + "/", permissions=["clipboard-read", "clipboard-write"])
     page = tab.page
     prompt = "a quiet valley at sunrise, slow pan"
@@ -156,36 +156,50 @@ def test_generate_watch_rerun_edit_and_cancel(tiny_server, open_tab, shoot, scen
     assert page.evaluate("navigator.clipboard.readText()") == curl
     shoot(page, "result")
 
-    # re-run from the history: a new request with the same input, and a new random seed
-    page.locator(".history-entry").first.locator("button.rerun").click()
-    page.wait_for_function("() => JSON.parse(localStorage.getItem('ltxserve.history.v1')).length === 2")
-    rerun = history(page)[0]
-    assert rerun["id"] != entry["id"] and rerun["input"] == entry["input"]
-    wait_playing_video(page, rerun["id"], 848, 480)
-    assert history(page)[0]["state"] == "done"
-
-    # edit and resubmit: the form takes the entry back, a change, and a long run that is then cancelled
-    page.locator(".history-entry").nth(1).locator("button.edit").click()
+    # edit and resubmit: the form takes the entry back; a change makes a long run
+    page.locator(".history-entry").first.locator("button.edit").click()
     assert page.get_by_role("textbox", name="Prompt", exact=True).input_value() == prompt
     assert page.locator("[name=image_url]").input_value() == image_url
     assert page.locator("[name=num_frames]").input_value() == "9"
+    assert page.locator("[name=resolution]").input_value() == "480p"
     assert page.locator("[name=first_pass_num_inference_steps]").input_value() == "3"
     page.fill("[name=first_pass_num_inference_steps]", "60")
     page.fill("[name=second_pass_num_inference_steps]", "60")
     page.click("button[type=submit]")
-    page.wait_for_function("() => JSON.parse(localStorage.getItem('ltxserve.history.v1')).length === 3")
+    page.wait_for_function("() => JSON.parse(localStorage.getItem('ltxserve.history.v1')).length === 2")
     long_run = history(page)[0]
-    assert long_run["input"]["first_pass_num_inference_steps"] == 60 and long_run["input"]["prompt"] == prompt
+    assert long_run["input"] == {**sent, "first_pass_num_inference_steps": 60, "second_pass_num_inference_steps": 60}
     page.wait_for_selector(".pass[data-pass='pass 1'] progress", timeout=GENERATION_TIMEOUT_MS)
+
+    # re-run from the history while it runs: a new request with the first one's input, which waits in the queue
+    # (the server has one worker) showing its position, and is cancelled there
+    page.locator(f".history-entry[data-id='{entry['id']}'] button.rerun").click()
+    page.wait_for_function("() => JSON.parse(localStorage.getItem('ltxserve.history.v1')).length === 3")
+    rerun = history(page)[0]
+    assert rerun["id"] not in (entry["id"], long_run["id"]) and rerun["input"] == entry["input"]
+    page.wait_for_selector(".state:has-text('In queue: next to run')")
+    shoot(page, "queued")
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_selector(".state[data-state=CANCELLED]")
+    page.wait_for_selector(f".history-entry[data-id='{rerun['id']}'][data-state=cancelled]")
+
+    # back to the running one through the history, and cancelled while it runs
+    page.locator(f".history-entry[data-id='{long_run['id']}'] button.show").click()
+    page.wait_for_selector(f".request-id code:text-is('{long_run['id']}')")
+    page.wait_for_selector(".state[data-state=IN_PROGRESS]")
     page.get_by_role("button", name="Cancel").click()
     page.wait_for_selector(".state[data-state=CANCELLED]", timeout=60_000)
-    status = httpx.get(f"{tiny_server.base_url}/queue/{APP}/requests/{long_run['id']}/status").json()
-    assert status["status"] == "COMPLETED" and status["error_type"] == "request_cancelled"
+    for request_id in (rerun["id"], long_run["id"]):
+        status = httpx.get(f"{tiny_server.base_url}/queue/{APP}/requests/{request_id}/status").json()
+        assert status["status"] == "COMPLETED" and status["error_type"] == "request_cancelled"
     steps = page.locator(".pass[data-pass='pass 1'] .steps").inner_text()
     assert int(steps.split("/")[0]) < 57
-    page.wait_for_selector(".history-entry[data-state=cancelled]")
-    assert [e["state"] for e in history(page)] == ["cancelled", "done", "done"]
+    page.wait_for_selector(f".history-entry[data-id='{long_run['id']}'][data-state=cancelled]")
+    assert [e["state"] for e in history(page)] == ["cancelled", "cancelled", "done"]
     shoot(page, "cancelled")
+    # and the finished one's result again, from the history
+    page.locator(f".history-entry[data-id='{entry['id']}'] button.show").click()
+    wait_playing_video(page, entry["id"], 848, 480)
     tab.check_console()
 
 

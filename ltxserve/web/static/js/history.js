@@ -68,7 +68,9 @@ export class History {
           h("span", { class: "history-prompt", title }, title),
           h("small", {}, `${when} · ${entry.endpoint}`)),
         h("div", { class: "history-actions" },
-          entry.state === "done" ? h("button", { type: "button", class: "show", onclick: () => this.handlers.onShow(entry) }, "Show") : null,
+          ["done", "queued", "running"].includes(entry.state)
+            ? h("button", { type: "button", class: "show", onclick: () => this.handlers.onShow(entry),
+                            "aria-label": `Show: ${title}` }, "Show") : null,
           h("button", { type: "button", class: "rerun", onclick: () => this.handlers.onRerun(entry),
                         "aria-label": `Re-run: ${title}` }, "Re-run"),
           h("button", { type: "button", class: "edit", onclick: () => this.handlers.onEdit(entry),

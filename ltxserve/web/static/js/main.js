@@ -15,6 +15,7 @@ const page = {
   endpoint: null,
   form: null,
   current: null,      // the request the status and result panels show
+  live: new Map(),    // request id -> {doc, startedAt} for the requests being followed
   keyRequired: false,
 };
 
@@ -87,17 +88,13 @@ async function submit(endpointId, input, { fromForm }) {
 
 // Follows a request to its end, updating the history; the panels show it when it is the current one.
 async function track(id, endpointId, input, { show = true } = {}) {
-  if (show) {
-    page.current = id;
-    $("#result").hidden = true;
-    $("#result").replaceChildren();
-    page.status.start(id, endpointId);
-    $("#status").scrollIntoView({ block: "nearest" });  // on a narrow screen the status is below the form
-  }
+  page.live.set(id, { doc: null, startedAt: performance.now(), endpointId });
+  if (show) showLive(id);
   let running = false;
   let last = null;
   try {
     last = await followStatus(endpointId, id, (doc) => {
+      page.live.get(id).doc = doc;
       if (page.current === id) page.status.update(doc);
       if (doc.status === "IN_PROGRESS" && !running) {
         running = true;
@@ -107,6 +104,7 @@ async function track(id, endpointId, input, { show = true } = {}) {
   } catch (err) {
     last = { status: "COMPLETED", error: err.message, error_type: "status_unavailable" };
   }
+  page.live.delete(id);
   if (!last || last.status !== "COMPLETED") last = { error: "The status stream ended early", error_type: "status_unavailable" };
   const shown = () => page.current === id;
 
@@ -143,6 +141,17 @@ async function track(id, endpointId, input, { show = true } = {}) {
     page.status.finish({ ok: true, inferenceTime: last.metrics?.inference_time });
     showResult(endpointId, input, output, id);
   }
+}
+
+// The status panel takes over a request being followed (a new submission, or one picked in the history).
+function showLive(id) {
+  const live = page.live.get(id);
+  page.current = id;
+  $("#result").hidden = true;
+  $("#result").replaceChildren();
+  page.status.start(id, live.endpointId, live.startedAt);
+  if (live.doc) page.status.update(live.doc);
+  $("#status").scrollIntoView({ block: "nearest" });  // on a narrow screen the status is below the form
 }
 
 function showResult(endpointId, input, output, requestId) {
@@ -199,6 +208,14 @@ async function init() {
   });
   page.history = new History($("#history"), {
     onShow: (entry) => {
+      if (page.live.has(entry.id)) {
+        showLive(entry.id);
+        return;
+      }
+      if (entry.state !== "done") {  // under way but not followed by this page (another tab): follow it now
+        track(entry.id, entry.endpoint, entry.input);
+        return;
+      }
       page.current = entry.id;
       $("#status").hidden = true;
       showResult(entry.endpoint, entry.input, entry.output, entry.id);

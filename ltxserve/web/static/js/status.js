@@ -21,9 +21,9 @@ export class StatusView {
     this.timer = null;
   }
 
-  start(requestId, label) {
+  start(requestId, label, startedAt = performance.now()) {
     this.requestId = requestId;
-    this.startedAt = performance.now();
+    this.startedAt = startedAt;
     this.state = h("p", { class: "state", role: "status", "data-state": "IN_QUEUE" }, "Submitted");
     this.elapsed = h("span", { class: "elapsed" }, "0.0 s");
     this.cancelButton = h("button", { type: "button", class: "cancel", onclick: () => this.cancel() }, "Cancel");
