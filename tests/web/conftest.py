@@ -19,7 +19,6 @@ from PIL import Image, ImageDraw
 from tests.fixtures_server import LiveServer, free_port
 
 CHROMIUM = os.environ.get("LTXSERVE_CHROMIUM", "/usr/bin/chromium")
-ENDPOINT = "fal-ai/ltx-video-13b-dev/image-to-video"
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +89,8 @@ class Tab:
 def open_tab(browser, artifacts):
     contexts = []
 
-    def make(url: str, *, viewport=(1280, 900), permissions: list[str] | None = None) -> Tab:
+    def make(url: str, *, viewport=(1280, 900), permissions: list[str] | None = None, before=None,
+             ready: bool = True) -> Tab:
         context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
                                       permissions=permissions or [])
         context.set_default_timeout(20_000)
@@ -99,8 +99,11 @@ def open_tab(browser, artifacts):
         tab = Tab(page)
         page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: tab.errors.append(f"uncaught: {e}"))
+        if before:
+            before(page)
         page.goto(url)
-        page.wait_for_selector("body[data-ready=true]")
+        if ready:
+            page.wait_for_selector("body[data-ready=true]")
         return tab
 
     yield make

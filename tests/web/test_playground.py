@@ -11,8 +11,7 @@ import pytest
 
 from tests.api.helpers import png_data_uri
 from tests.endpoints_for_tests import ALL as TEST_ENDPOINTS
-from tests.web.conftest import ENDPOINT
-
+ENDPOINT = "fal-ai/ltx-video-13b-dev/image-to-video"
 APP = ENDPOINT.rsplit("/", 1)[0]  # status, result and cancel URLs name owner/app only
 
 GENERATION_TIMEOUT_MS = 150_000  # a 480p, 9-frame tiny-model run takes ~10 s alone, several times that on a busy CI box
@@ -91,6 +90,53 @@ def test_form_is_generated_from_the_schema(tiny_server, open_tab, shoot):
     assert page.locator("[name='loras.0.path']").input_value() == "owner/second"
     assert page.locator("[name='loras.1.path']").count() == 0
     shoot(page, "form-defaults")
+    tab.check_console()
+
+
+def test_image_by_drop_paste_or_url_with_crop_preview(tiny_server, open_tab, shoot):
+    tab = open_tab(tiny_server.base_url + "/")
+    page = tab.page
+    url_field = page.locator("[name=image_url]")
+    caption = page.locator(".crop-caption")
+    # a 300x600 picture dropped on the drop zone: uploaded, and at 720p auto it is 9:16, 720x1280
+    page.evaluate("""async () => {
+        const canvas = Object.assign(document.createElement("canvas"), { width: 300, height: 600 });
+        canvas.getContext("2d").fillRect(0, 0, 300, 600);
+        const blob = await new Promise((r) => canvas.toBlob(r, "image/png"));
+        const data = new DataTransfer();
+        data.items.add(new File([blob], "tall.png", { type: "image/png" }));
+        document.querySelector(".dropzone").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    }""")
+    page.wait_for_function("() => document.querySelector('[name=image_url]').value.endsWith('/tall.png')")
+    page.wait_for_selector(".crop-caption:has-text('720×1280')")
+    assert "300×533 of this 300×600 image" in caption.inner_text()
+    dropped = url_field.input_value()
+    assert httpx.get(dropped).headers["content-type"] == "image/png"
+
+    # pasted anywhere on the page (Ctrl+V of an image): uploaded too, and the crop follows aspect_ratio
+    page.evaluate("""async () => {
+        const canvas = Object.assign(document.createElement("canvas"), { width: 400, height: 400 });
+        canvas.getContext("2d").fillRect(0, 0, 400, 400);
+        const blob = await new Promise((r) => canvas.toBlob(r, "image/png"));
+        const data = new DataTransfer();
+        data.items.add(new File([blob], "square.png", { type: "image/png" }));
+        document.body.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+    }""")
+    page.wait_for_function("() => document.querySelector('[name=image_url]').value.endsWith('/square.png')")
+    page.wait_for_selector(".crop-caption:has-text('720×720')")
+    page.select_option("[name=aspect_ratio]", "16:9")
+    assert "Output 1280×720 (16:9)" in caption.inner_text() and "400×225 of this 400×400" in caption.inner_text()
+    # explicit width and height win over resolution and aspect ratio
+    page.click("details.advanced summary")
+    page.fill("[name=width]", "200")
+    page.fill("[name=height]", "400")
+    assert "Output 200×400 (width × height)" in caption.inner_text()
+
+    # or a URL typed in: previewed from there
+    url_field.fill(dropped)
+    url_field.press("Tab")
+    page.wait_for_selector(".crop-caption:has-text('of this 300×600 image')")
+    shoot(page, "image-by-url")
     tab.check_console()
 
 
@@ -303,3 +349,24 @@ def test_api_key_asked_for_on_401_and_sent(live_server_factory, open_tab, shoot,
 def _show_screenshots_folder(artifacts, request):
     yield
     request.node.user_properties.append(("screenshots", str(artifacts)))
+
+
+def test_a_schema_behind_the_key_is_read_once_the_key_is_given(tiny_server, open_tab):
+    """Should the server guard /openapi.json too, the page asks for the key and builds the form with it."""
+
+    def guard(route):
+        if route.request.headers.get("authorization") == "Key sesame":
+            route.continue_()
+        else:
+            route.fulfill(status=401, json={"detail": "Missing or malformed Authorization header"})
+
+    tab = open_tab(tiny_server.base_url + "/", before=lambda page: page.route("**/openapi.json", guard), ready=False)
+    page = tab.page
+    page.wait_for_selector("#api-key-error:has-text('requires an API key')")
+    assert page.locator("[name=prompt]").count() == 0
+    page.fill("#api-key", "sesame")
+    page.press("#api-key", "Enter")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.locator("textarea[name=prompt]").is_visible()
+    tab.check_console(allowed_statuses=(401,))
+

@@ -16,6 +16,7 @@ const page = {
   form: null,
   current: null,      // the request the status and result panels show
   live: new Map(),    // request id -> {doc, startedAt} for the requests being followed
+  keyWaiters: [],     // resolved when a key is entered (Enter or Done in the key field)
   keyRequired: false,
 };
 
@@ -46,9 +47,17 @@ function setupAuth() {
     $("#auth").open = true;
     input.focus();
   };
-  const close = () => { $("#auth").open = false; summary.focus(); };
+  const close = () => {
+    $("#auth").open = false;
+    summary.focus();
+    for (const resolve of page.keyWaiters.splice(0)) resolve();
+  };
   $("#auth-form").addEventListener("submit", (event) => { event.preventDefault(); close(); });  // Enter in the field
   $("#auth-done").addEventListener("click", close);
+}
+
+function keyEntered() {
+  return new Promise((resolve) => page.keyWaiters.push(resolve));
 }
 
 function chooseEndpoint(id) {
@@ -228,11 +237,15 @@ async function init() {
     track(entry.id, entry.endpoint, entry.input, { show: false });
   }
   let openapi;
-  try {
-    openapi = await request("GET", "openapi.json");
-  } catch (err) {
-    $("#fields").textContent = `Could not read the server's OpenAPI document: ${err.message}`;
-    return;
+  for (;;) {
+    try {
+      openapi = await request("GET", "openapi.json");
+      break;
+    } catch (err) {
+      $("#fields").textContent = `Could not read the server's OpenAPI document: ${err.message}`;
+      if (err.status !== 401) return;
+      await keyEntered();  // a server that guards its schema too: try again with the key
+    }
   }
   page.endpoints = submitEndpoints(openapi);
   if (!page.endpoints.length) {
