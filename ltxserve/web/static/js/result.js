@@ -22,8 +22,9 @@ function fileView(name, file) {
   } else if (type.startsWith("image/")) {
     media = h("img", { src: url, alt: `Output ${name}` });
   }
-  const download = h("a", { href: url, download: file.file_name || "", class: "button download" },
-    `Download ${file.file_name || name}`, file.file_size ? ` (${formatBytes(file.file_size)})` : "");
+  // only web URLs become links (an output is data, never a javascript: URL to click)
+  const download = /^https?:/i.test(url) ? h("a", { href: url, download: file.file_name || "", class: "button download" },
+    `Download ${file.file_name || name}`, file.file_size ? ` (${formatBytes(file.file_size)})` : "") : null;
   return h("div", { class: "output-file", "data-output": name }, media, download);
 }
 
