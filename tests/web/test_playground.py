@@ -38,7 +38,7 @@ def wait_playing_video(page, request_id: str, width: int, height: int) -> None:
     page.wait_for_function(
         "() => { const v = document.querySelector('#result video');"
         " return !v.paused && v.played.length > 0 && v.played.end(0) > 0; }", timeout=20_000)
-    size = page.evaluate("(() => { const v = document.querySelector('#result video'); return [v.videoWidth, v.videoHeight] })()")
+    size = page.evaluate("(v => [v.videoWidth, v.videoHeight])(document.querySelector('#result video'))")
     assert size == [width, height]
 
 
@@ -105,7 +105,8 @@ def test_image_by_drop_paste_or_url_with_crop_preview(tiny_server, open_tab, sho
         const blob = await new Promise((r) => canvas.toBlob(r, "image/png"));
         const data = new DataTransfer();
         data.items.add(new File([blob], "tall.png", { type: "image/png" }));
-        document.querySelector(".dropzone").dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+        const drop = new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true });
+        document.querySelector(".dropzone").dispatchEvent(drop);
     }""")
     page.wait_for_function("() => document.querySelector('[name=image_url]').value.endsWith('/tall.png')")
     page.wait_for_selector(".crop-caption:has-text('720×1280')")
@@ -120,7 +121,8 @@ def test_image_by_drop_paste_or_url_with_crop_preview(tiny_server, open_tab, sho
         const blob = await new Promise((r) => canvas.toBlob(r, "image/png"));
         const data = new DataTransfer();
         data.items.add(new File([blob], "square.png", { type: "image/png" }));
-        document.body.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true }));
+        const paste = new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+        document.body.dispatchEvent(paste);
     }""")
     page.wait_for_function("() => document.querySelector('[name=image_url]').value.endsWith('/square.png')")
     page.wait_for_selector(".crop-caption:has-text('720×720')")

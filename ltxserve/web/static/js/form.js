@@ -22,7 +22,8 @@ function helpText(field) {
 }
 
 function controlFor(field, id, describedBy) {
-  const common = { id, name: field.name, "aria-describedby": describedBy, required: field.required && field.widget !== "checkbox" };
+  const required = field.required && field.widget !== "checkbox";
+  const common = { id, name: field.name, "aria-describedby": describedBy, required };
   switch (field.widget) {
     case "select": {
       const select = h("select", common);
@@ -141,9 +142,10 @@ export class RequestForm {
   renderRows(field, ids, help, error) {
     const singular = field.label.replace(/s$/, "");
     const list = h("div", { class: "row-list" });
-    const add = h("button", { type: "button", class: "add", onclick: () => { this.addRow(field); this.focusLastRow(field); } },
-      `+ Add ${singular}`);
-    const box = h("fieldset", { class: "field rows wide", "data-field": field.name, "aria-describedby": `${ids.help} ${ids.error}` },
+    const onclick = () => { this.addRow(field); this.focusLastRow(field); };
+    const add = h("button", { type: "button", class: "add", onclick }, `+ Add ${singular}`);
+    const box = h("fieldset",
+      { class: "field rows wide", "data-field": field.name, "aria-describedby": `${ids.help} ${ids.error}` },
       h("legend", {}, field.label, " ", h("code", {}, field.name)), help, list, add, error);
     this.rowLists.set(field.name, { field, list, add, singular });
     return box;
@@ -259,7 +261,8 @@ export class RequestForm {
     const [iw, ih] = this.image.size;
     const crop = centreCrop(iw, ih, out[0], out[1]);
     this.image.showCrop(crop,
-      `Output ${out[0]}×${out[1]} (${how}): the dashed box, ${crop.w}×${crop.h} of this ${iw}×${ih} image, is what the video starts from.`);
+      `Output ${out[0]}×${out[1]} (${how}): the dashed box, ${crop.w}×${crop.h} of this ${iw}×${ih} image, `
+      + "is what the video starts from.");
   }
 
   clearErrors() {
@@ -275,7 +278,10 @@ export class RequestForm {
       const loc = (item.loc || []).slice(item.loc?.[0] === "body" ? 1 : 0).map(String);
       const msg = String(item.msg || "").replace(/^Value error, /, "");
       let path = null;
-      for (let n = loc.length; n > 0 && !path; n--) if (this.errorSlots.has(loc.slice(0, n).join("."))) path = loc.slice(0, n).join(".");
+      for (let n = loc.length; n > 0 && !path; n--) {
+        const prefix = loc.slice(0, n).join(".");  // ["loras", 0, "path"], else ["loras"]
+        if (this.errorSlots.has(prefix)) path = prefix;
+      }
       if (!path) {
         // whole-body errors (a check across fields) name the field in the message: the first one named
         const named = names.map((name) => [msg.search(new RegExp(`\\b${name}\\b`)), name]).filter(([i]) => i >= 0);

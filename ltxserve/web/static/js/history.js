@@ -78,7 +78,8 @@ export class History {
     });
     this.root.replaceChildren(
       h("div", { class: "history-head" }, h("h2", {}, "History"),
-        this.entries.length ? h("button", { type: "button", class: "link", onclick: () => this.clear() }, "Clear") : null),
+        this.entries.length
+          ? h("button", { type: "button", class: "link", onclick: () => this.clear() }, "Clear") : null),
       items.length ? h("ol", { class: "history-list" }, items)
         : h("p", { class: "muted" }, "Requests you submit from this browser appear here."));
   }

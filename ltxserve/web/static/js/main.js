@@ -114,7 +114,9 @@ async function track(id, endpointId, input, { show = true } = {}) {
     last = { status: "COMPLETED", error: err.message, error_type: "status_unavailable" };
   }
   page.live.delete(id);
-  if (!last || last.status !== "COMPLETED") last = { error: "The status stream ended early", error_type: "status_unavailable" };
+  if (!last || last.status !== "COMPLETED") {
+    last = { error: "The status stream ended early", error_type: "status_unavailable" };
+  }
   const shown = () => page.current === id;
 
   if (last.error) {
@@ -166,7 +168,9 @@ function showLive(id) {
 function showResult(endpointId, input, output, requestId) {
   $("#result").dataset.requestId = requestId;
   renderResult($("#result"), {
-    output, input, endpointId, withKey: page.keyRequired || Boolean(auth.key), expandPrompt: Boolean(input.expand_prompt),
+    output, input, endpointId,
+    withKey: page.keyRequired || Boolean(auth.key),
+    expandPrompt: Boolean(input.expand_prompt),
   });
 }
 
@@ -180,7 +184,8 @@ function setupForm() {
       try {
         await page.form.image?.ready();
       } catch (err) {
-        page.form.showErrors([{ loc: ["body", page.form.image.field.name], msg: `Image upload failed: ${err.message}` }]);
+        const loc = ["body", page.form.image.field.name];
+        page.form.showErrors([{ loc, msg: `Image upload failed: ${err.message}` }]);
         return;
       }
       if (!formEl.reportValidity()) return;
@@ -201,7 +206,9 @@ function setupForm() {
 }
 
 function editEntry(entry) {
-  if (entry.endpoint !== page.endpoint.id && page.endpoints.some((e) => e.id === entry.endpoint)) chooseEndpoint(entry.endpoint);
+  if (entry.endpoint !== page.endpoint.id && page.endpoints.some((e) => e.id === entry.endpoint)) {
+    chooseEndpoint(entry.endpoint);
+  }
   page.form.fill(entry.input || {});
   $("#request-form").scrollIntoView({ behavior: "smooth", block: "start" });
   $("#request-form").querySelector("textarea, input:not([type=file]), select")?.focus({ preventScroll: true });

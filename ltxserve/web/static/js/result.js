@@ -23,8 +23,10 @@ function fileView(name, file) {
     media = h("img", { src: url, alt: `Output ${name}` });
   }
   // only web URLs become links (an output is data, never a javascript: URL to click)
-  const download = /^https?:/i.test(url) ? h("a", { href: url, download: file.file_name || "", class: "button download" },
-    `Download ${file.file_name || name}`, file.file_size ? ` (${formatBytes(file.file_size)})` : "") : null;
+  const download = /^https?:/i.test(url)
+    ? h("a", { href: url, download: file.file_name || "", class: "button download" },
+      `Download ${file.file_name || name}`, file.file_size ? ` (${formatBytes(file.file_size)})` : "")
+    : null;
   return h("div", { class: "output-file", "data-output": name }, media, download);
 }
 

@@ -18,7 +18,8 @@ export function pythonLiteral(value, indent = 0) {
   }
   const entries = Object.entries(value);
   if (!entries.length) return "{}";
-  return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${pythonLiteral(v, indent + 4)}`).join(",\n")},\n${pad}}`;
+  const lines = entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${pythonLiteral(v, indent + 4)}`);
+  return `{\n${lines.join(",\n")},\n${pad}}`;
 }
 
 function indentJson(value, by) {
@@ -37,7 +38,8 @@ export function snippets({ origin, endpointId, input, withKey }) {
   const host = origin.replace(/^https?:\/\//, "");
   const python = [
     `# pip install fal-client; the client always speaks https: serve TLS (README, "Point the official clients at it")`,
-    `# export FAL_QUEUE_RUN_HOST=${host}/queue FAL_RUN_HOST=${host}/run SSL_CERT_FILE=certs/ca.pem FAL_KEY=${withKey ? "<your key>" : "any-string"}`,
+    `# export FAL_QUEUE_RUN_HOST=${host}/queue FAL_RUN_HOST=${host}/run SSL_CERT_FILE=certs/ca.pem `
+      + `FAL_KEY=${withKey ? "<your key>" : "any-string"}`,
     `import fal_client`,
     ``,
     `result = fal_client.subscribe(`,
