@@ -59,6 +59,10 @@ CARD_CLASSES_GB = (8, 12, 16, 24, 32, 40, 48, 80, 96, 141)
 # What the driver and the CUDA context take before the model gets any: a card of N GB shows about N - 0.5 GiB free.
 CUDA_CONTEXT_BYTES = GiB // 2
 
+# Host memory of a serving process besides the weights it keeps there: Python, torch and CUDA libraries, the CUDA
+# context's host side, decoded frames (an estimate).
+HOST_PROCESS_BYTES = 3 * GiB
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "weights" / "configs"
 
 ALL_RESIDENT = ("text_encoder", "transformer", "latent_upsampler", "vae")
@@ -228,18 +232,25 @@ def plan_placement(
     *,
     memory: str = "auto",
     dtype: str = "auto",
+    host_bytes: int | None = None,
 ) -> Placement:
     """Choose where each component lives for `request` given `free_bytes` of GPU memory.
 
     `memory` is auto|gpu|offload|sequential and `dtype` auto|bf16|fp8|fp16|fp32 (weights); explicit choices are
-    honoured (auto fills in the rest). Raises PlacementError when nothing allowed fits.
+    honoured (auto fills in the rest). `host_bytes` (the machine's RAM), when given, also rules out placements
+    whose weights kept in host memory (plus HOST_PROCESS_BYTES) do not fit it. Raises PlacementError when nothing
+    allowed fits.
     """
     if memory not in MEMORY_CHOICES:
         raise ValueError(f"memory must be one of {', '.join(MEMORY_CHOICES)}; got {memory!r}")
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}; got {dtype!r}")
     tried: list[str] = []
+    short_of_host: list[str] = []
     for rung in _ladder(memory, dtype):
+        if host_bytes is not None and host_weight_bytes(*rung, sizes) + HOST_PROCESS_BYTES > host_bytes:
+            short_of_host.append(f"{rung[0]}/{rung[1]}")
+            continue
         placement = _evaluate(free_bytes, sizes, request, rung)
         if placement is not None:
             skipped = f"; did not fit: {', '.join(tried)}" if tried else ""
@@ -251,6 +262,10 @@ def plan_placement(
     need = minimum_bytes(sizes, request, memory, dtype)
     card = smallest_card_gb(sizes, request, memory, dtype)
     what = "" if memory == "auto" and dtype == "auto" else f" with --memory {memory} --dtype {dtype}"
+    host_text = ""
+    if short_of_host:
+        host_text = (f" ({', '.join(dict.fromkeys(short_of_host))} would keep more weights in host memory than this "
+                     f"machine's {host_bytes / GiB:.0f} GiB of RAM)")
     card_text = (
         f"the smallest card that works is a {card} GB card"
         if card is not None
@@ -259,7 +274,7 @@ def plan_placement(
     raise PlacementError(
         f"not enough GPU memory for a {request.width}x{request.height}, {request.num_frames}-frame video{what}: "
         f"{free_bytes / GiB:.1f} GiB free, the most frugal placement needs {need / GiB:.1f} GiB; {card_text}"
-        f"{'' if memory == 'auto' else ' (or try --memory auto)'}; smaller or shorter videos need less."
+        f"{'' if memory == 'auto' else ' (or try --memory auto)'}{host_text}; smaller or shorter videos need less."
     )
 
 
