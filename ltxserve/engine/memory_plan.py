@@ -487,9 +487,14 @@ def longest_fitting(sizes: ModelSizes, request: RequestSize, memory: str, dtype:
     return best
 
 
-def plan_request(sizes: ModelSizes, placement: "Placement", request: RequestSize, free_bytes: int) -> RequestPlan:
-    """Plan one request under the server's placement with `free_bytes` of GPU memory (what the device had free
-    before the model was placed: the placement's resident weights are counted here). Raises RequestTooLarge."""
+def plan_request(sizes: ModelSizes, placement: "Placement", request: RequestSize,
+                 free_bytes: int | None = None) -> RequestPlan:
+    """Plan one request under the server's placement. `free_bytes` is the GPU memory the model may use in all, as
+    the placement was planned with (what the device had free before the model was placed: the placement's resident
+    weights are counted here, not subtracted first); by default the placement's own `free_bytes`.
+    Raises RequestTooLarge (a 422 InputError) when no decode makes every stage fit."""
+    if free_bytes is None:
+        free_bytes = placement.free_bytes
     ps = pass_sizes(request)
     memory, dtype, resident = placement.memory, placement.dtype, tuple(placement.resident)
     found = fitting_decode(sizes, request, memory, dtype, resident, free_bytes)

@@ -144,6 +144,7 @@ def test_plan_decodes_whole_when_it_fits_and_in_tiles_when_not(sizes):
     placement = plan_placement(card_free_bytes(80), sizes, P720)
     assert placement.memory == "gpu"
     plan = plan_request(sizes, placement, P720, card_free_bytes(80))
+    assert plan == plan_request(sizes, placement, P720)  # by default, the memory the placement was planned with
     assert plan.decode.mode == "full"
     assert (plan.passes.pass2_width, plan.passes.pass2_height) == (1664, 960)  # decoded before the resize
     assert plan.peak_bytes == max(plan.stage_bytes.values()) <= card_free_bytes(80)
