@@ -112,8 +112,14 @@ def real_architecture_configs(reduced: bool) -> dict[str, dict]:
     return cfgs
 
 
-def build_random_components(cfgs: dict[str, dict], dtype: torch.dtype, seed: int = 0) -> LTXComponents:
-    """The real classes from `cfgs`, initialised by their constructors (seeded) directly in `dtype`, on the CPU."""
+def build_random_components(cfgs: dict[str, dict], dtype: torch.dtype, seed: int = 0,
+                            fp8: str | None = None) -> LTXComponents:
+    """The real classes from `cfgs`, initialised by their constructors (seeded) directly in `dtype` (the upsampler
+    in fp32, as the reference keeps it), on the CPU; with `fp8` ("scaled_mm" | "dequant") the blocks' Linears in
+    scaled fp8 (fp8.py), as load_components does."""
+    from ltxserve.engine.fp8 import convert_transformer_to_fp8
+    from ltxserve.engine.models import UPSAMPLER_DTYPE
+
     from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
     from transformers import T5Config, T5EncoderModel
@@ -132,10 +138,14 @@ def build_random_components(cfgs: dict[str, dict], dtype: torch.dtype, seed: int
         text_encoder = T5EncoderModel(T5Config(**t5))
     finally:
         torch.set_default_dtype(previous)
+    upsampler.to(UPSAMPLER_DTYPE)
     for m in (transformer, vae, upsampler, text_encoder):
         m.eval().requires_grad_(False)
-    return LTXComponents(transformer=transformer, vae=vae, latent_upsampler=upsampler, text_encoder=text_encoder,
-                         tokenizer=tokenizer, device=torch.device("cpu"), dtype=dtype, source="random")
+    c = LTXComponents(transformer=transformer, vae=vae, latent_upsampler=upsampler, text_encoder=text_encoder,
+                      tokenizer=tokenizer, device=torch.device("cpu"), dtype=dtype, source="random")
+    if fp8 is not None:
+        convert_transformer_to_fp8(c.transformer, fp8)  # type: ignore[arg-type]
+    return c
 
 
 def _image(width: int, height: int) -> Image.Image:
@@ -259,12 +269,8 @@ def check_estimator() -> list[dict]:
         f = ps.latent_frames
         for stage, batch, (w, h) in (("denoise_pass1", mp.PASS1_BATCH, (ps.pass1_width, ps.pass1_height)),
                                      ("denoise_pass2", mp.PASS2_BATCH, (ps.pass2_width, ps.pass2_height))):
-            n = f * (h // 32) * (w // 32)
-            traced = mt.trace(meta.transformer, hidden_states=empty(batch, n, 128),
-                              encoder_hidden_states=empty(batch, 256, 4096),
-                              timestep=empty(batch, n, dtype=torch.float32), encoder_attention_mask=empty(batch, 256),
-                              video_coords=empty(batch, 3, n, dtype=torch.float32), return_dict=False).peak_bytes
-            rows.append((name, stage, mp.transformer_activation_bytes(sizes, batch, n), traced))
+            traced = mt.trace_transformer(meta.transformer, batch, f, h // 32, w // 32).peak_bytes
+            rows.append((name, stage, mp.transformer_activation_bytes(sizes, batch, f * (h // 32) * (w // 32)), traced))
         lf, lh, lw = mp.latent_shape(sizes, req)
         for decode in (d for d in mp.decode_candidates(sizes, lf, lh, lw)
                        if d.mode == "full" or (d.mode == "spatial" and d.tile_height == 1024)):
@@ -337,19 +343,28 @@ def cuda_main(args: argparse.Namespace) -> int:
     name = torch.cuda.get_device_name(device)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else fl.peak_bf16_flops(name)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    # (fp8: bf16 compute, the blocks' Linear weights in scaled e4m3)
+    from ltxserve.doctor import read_meminfo
+    from ltxserve.engine.fp8 import fp8_matmul_supported
+
     cfgs = real_architecture_configs(reduced=False)
-    t0 = time.perf_counter()
-    if args.random_weights:
-        c = build_random_components(cfgs, dtype)
-    else:
-        c = load_components(args.model, device="cpu", dtype=dtype)
-    load_s = time.perf_counter() - t0
     free = torch.cuda.mem_get_info(device)[0]
     sizes = count_model_sizes()
-    placement = plan_placement(free, sizes, mp.RequestSize(1280, 720, 121), memory=args.memory, dtype=args.dtype)
+    fp8_matmul = "scaled_mm" if fp8_matmul_supported(device) else "dequant"
+    host = read_meminfo()
+    placement = plan_placement(free, sizes, mp.RequestSize(1280, 720, 121), memory=args.memory, dtype=args.dtype,
+                               fp8_matmul=fp8_matmul, host_bytes=host.total_bytes if host else None)
+    fp8 = fp8_matmul if placement.dtype == "fp8" else None
+    t0 = time.perf_counter()
+    if args.random_weights:
+        c = build_random_components(cfgs, dtype, fp8=fp8)
+    else:
+        c = load_components(args.model, device="cpu", dtype=dtype, fp8=fp8)
+    load_s = time.perf_counter() - t0
     apply_placement(c, placement, device)
     c.device = device
-    placement_text = f"{placement.memory}/{placement.dtype} resident={'+'.join(placement.resident) or 'none'}"
+    placement_text = (f"{placement.memory}/{placement.dtype}{'/' + fp8 if fp8 else ''} "
+                      f"resident={'+'.join(placement.resident) or 'none'}")
     print(f"{name}: {free / GiB:.1f} GiB free; peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s; "
           f"weights ready in {load_s:.0f} s; {placement_text}")
     runs = []

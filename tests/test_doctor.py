@@ -47,21 +47,21 @@ def test_cpu_machine_says_what_it_would_do(monkeypatch, settings):
 
 
 def test_gpu_machine_prints_the_plan(monkeypatch, settings):
-    fake = doctor.GpuInfo(0, "NVIDIA Test 48GB", 48 * GiB, int(47.5 * GiB), (8, 9))
+    fake = doctor.GpuInfo(0, "NVIDIA Test 40GB", 40 * GiB, int(39.5 * GiB), (8, 9))
     monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
     monkeypatch.setattr(doctor, "driver_version", lambda: "999.1")
     code, out = _run([], settings)
-    assert "NVIDIA Test 48GB" in out and "999.1" in out and "47.5 GiB free" in out
-    assert "memory placement: offload" in out
+    assert "NVIDIA Test 40GB" in out and "999.1" in out and "39.5 GiB free" in out
+    assert "memory placement: offload" in out and "visiting the GPU for their stage: text_encoder" in out
     assert code == 1  # the weights are missing
 
 
 def test_too_small_gpu_names_the_smallest_card(monkeypatch, settings):
-    fake = doctor.GpuInfo(0, "Small", 12 * GiB, int(11.5 * GiB), (8, 6))
+    fake = doctor.GpuInfo(0, "Small", 8 * GiB, int(7.5 * GiB), (8, 6))
     monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
     monkeypatch.setattr(doctor, "driver_version", lambda: None)
     _, out = _run([], settings)
-    assert "smallest card that works is a 16 GB card" in out
+    assert "smallest card that works is a 12 GB card" in out
     _, out = _run(["--width", "848", "--height", "480"], settings)
     assert "memory placement: sequential" in out
 

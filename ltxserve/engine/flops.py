@@ -76,17 +76,21 @@ def _mm(m: int, k: int, n: int) -> float:
     return 2.0 * m * k * n
 
 
-def transformer_flops(cfg: dict, batch: int, tokens: int, text_tokens: int = TEXT_TOKENS) -> Flops:
-    """One forward of LTXVideoTransformer3DModel (diffusers) on `batch` rows of `tokens` latent tokens."""
+def transformer_flops(cfg: dict, batch: int, tokens: int, text_tokens: int = TEXT_TOKENS,
+                      timestep_rows: int | None = 2) -> Flops:
+    """One forward of the transformer on `batch` rows of `tokens` latent tokens. `timestep_rows`: the rows the
+    timestep MLP runs on: one per distinct timestep in the pipeline's segmented forward (2 in image-to-video), every
+    token in diffusers' own forward (None)."""
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     ff = 4 * d
     cross, caption = cfg["cross_attention_dim"], cfg["caption_channels"]
     layers = cfg["num_layers"]
     n, t = tokens, text_tokens
+    u = n if timestep_rows is None else timestep_rows
     per_row = (
         _mm(n, cfg["in_channels"], d)  # proj_in
-        # per-token timestep: sinusoid -> linear_1 -> linear_2 -> adaLN linear (6 D)
-        + _mm(n, TIMESTEP_PROJ_DIM, d) + _mm(n, d, d) + _mm(n, d, 6 * d)
+        # timestep: sinusoid -> linear_1 -> linear_2 -> adaLN linear (6 D), per distinct value (or per token)
+        + _mm(u, TIMESTEP_PROJ_DIM, d) + _mm(u, d, d) + _mm(u, d, 6 * d)
         + _mm(t, caption, d) + _mm(t, d, d)  # caption projection
         + layers * (
             4 * _mm(n, d, d)  # self-attention q, k, v, out

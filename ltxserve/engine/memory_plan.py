@@ -59,7 +59,7 @@ class ModelSizes:
     upsampler_params: int
     text_encoder_params: int
     text_encoder_block_params: int
-    largest_vae_module_params: int  # the largest group block-level offload moves at once (a decoder up block)
+    largest_vae_module_params: int  # block-level offload of the VAE's decoder (or encoder): its own group + 2 blocks
     transformer_inner_dim: int = 4096
     transformer_ff_dim: int = 16384
     text_encoder_d_model: int = 4096
@@ -122,18 +122,32 @@ def pass_sizes(request: RequestSize) -> PassSizes:
 # --- the activation model, per component ---------------------------------------------------------------------------
 
 
-def transformer_activation_bytes(sizes: ModelSizes, batch: int, tokens: int) -> int:
-    """One forward of LTXVideoTransformer3DModel, per token and batch row (D = inner dim), bf16:
+# Traced on the meta device (memory_trace.py), in D bytes per token (D = inner dim), for the forward the pipeline
+# runs: segmented.py's (adaLN values per distinct timestep, RoPE tables once per call).
+SEGMENTED_PER_ROW = 24.3  # per batch row: the hidden states and a block's working set at its peak
+SEGMENTED_PER_CALL = 7.6  # once per call: RoPE's fp32 cos / sin tables, shared by the rows
+FP8_SCALED_MM_PER_ROW = 69.3  # fp8 with torch._scaled_mm: activations quantized per token through two fp32 copies
 
-    kept through the forward: the per-token timestep embedding (6D) and embedded timestep (D), the hidden states (D),
-    RoPE cos and sin in fp32 (2D at 4 bytes) = 24 D bytes; inside a block at its peak (the key's rotary embedding in
-    self-attention): the per-token adaLN values (6D), the modulated input (D), q/k/v (3D) and the fp32 rotation
-    temporaries (3.5D at 4 bytes) = 34 D bytes; and the output (out channels). Traced: 58.05 D bytes per token.
-    Attention itself adds only its output (fused kernels never build the N x N matrix). Linear in batch x tokens.
+
+def transformer_activation_bytes(sizes: ModelSizes, batch: int, tokens: int, fp8_matmul: str | None = None) -> int:
+    """One forward of the transformer as the pipeline calls it (segmented.py), bf16 compute, fused attention.
+
+    Per token, in units of the inner dim D: each batch row holds its hidden states and, at a block's peak (the
+    feed-forward), its input, the normed and modulated copies and the 4D-wide projection and GELU: 24.3 D bytes;
+    the call holds RoPE's cos and sin in fp32 once (7.6 D bytes). With fp8 matmuls (`fp8_matmul` "scaled_mm") each
+    block Linear's input is quantized per token through two fp32 copies: at the feed-forward's down projection (4D
+    wide) that makes 69.3 D bytes per row. With "dequant" each Linear's weight is dequantized for its matmul (fp32
+    and bf16 copies of the largest, 4D x D: 8 bytes per weight) on top of 70% of the bf16 working set; at large
+    token counts the bf16 peak elsewhere dominates. Attention adds only its output: fused kernels never build the
+    N x N matrix.
     """
     d = sizes.transformer_inner_dim
-    per_token = BF16 * (6 * d + d + d) + FP32 * (2 * d) + BF16 * (6 * d + d + 3 * d) + FP32 * 7 * d // 2
-    return batch * tokens * (per_token + BF16 * sizes.latent_channels)
+    if fp8_matmul == "scaled_mm":
+        return int(batch * tokens * FP8_SCALED_MM_PER_ROW * d)
+    bf16 = int(batch * tokens * SEGMENTED_PER_ROW * d + tokens * SEGMENTED_PER_CALL * d)
+    if fp8_matmul == "dequant":
+        return max(bf16, int(0.7 * bf16) + 8 * sizes.transformer_ff_dim * d)
+    return bf16
 
 
 def text_encoder_activation_bytes(sizes: ModelSizes) -> int:
@@ -266,12 +280,17 @@ def decode_candidates(sizes: ModelSizes, latent_frames: int, latent_height: int,
     return sorted(plans, key=lambda p: (round(p.work, 3), p.activation_bytes))
 
 
+POSTPROCESS_CHUNK_FRAMES = 16  # pipeline.video_to_uint8's frames per chunk
+
+
 def postprocess_bytes(sizes: ModelSizes, ps: PassSizes) -> int:
-    """After the decode (pipeline.generate_frames): the decoded video in bf16 at the pass-2 size, its scaled and
-    clamped copies (3 alive at once), or it with an fp32 copy and the fp32 resize to the padded size."""
+    """After the decode (pipeline.video_to_uint8): the decoded video (bf16, pass-2 size) and, per chunk of 16 frames,
+    its scaled and clamped copies (bf16), the resize to the padded size (bf16), its fp32 x255 copy and the uint8."""
     v = video_bytes(sizes, ps.padded_frames, ps.pass2_height, ps.pass2_width)
-    resized = video_bytes(sizes, ps.padded_frames, ps.padded_height, ps.padded_width, FP32)
-    return max(3 * v, v + 2 * v + resized)
+    n = min(POSTPROCESS_CHUNK_FRAMES, ps.padded_frames)
+    chunk = (2 * video_bytes(sizes, n, ps.pass2_height, ps.pass2_width)
+             + video_bytes(sizes, n, ps.padded_height, ps.padded_width) * (BF16 + 2 * FP32 + 1) // BF16)
+    return v + chunk
 
 
 # --- weights on the GPU per stage ------------------------------------------------------------------------------------
@@ -319,7 +338,7 @@ def streamed_bytes(sizes: ModelSizes, dtype: WeightDtype, component: str) -> int
     if component == "text_encoder":
         return b * sizes.text_encoder_unblocked_params + 2 * b * sizes.text_encoder_block_params
     if component == "vae":
-        return 2 * b * sizes.largest_vae_module_params
+        return b * sizes.largest_vae_module_params  # the decoder's (or encoder's) own group and two up blocks
     return FP32 * sizes.upsampler_params  # small: moved whole
 
 
@@ -343,7 +362,8 @@ def job_bytes(sizes: ModelSizes, ps: PassSizes) -> int:
     return text + 4 * ps.tokens(2) * sizes.latent_channels * FP32
 
 
-def stage_activations(sizes: ModelSizes, request: RequestSize, decode: DecodePlan | None = None) -> dict[str, int]:
+def stage_activations(sizes: ModelSizes, request: RequestSize, decode: DecodePlan | None = None,
+                      fp8_matmul: str | None = None) -> dict[str, int]:
     """Activation bytes at each stage's peak; the decode's as `decode` plans it (whole video when None)."""
     ps = pass_sizes(request)
     f = ps.latent_frames
@@ -355,9 +375,9 @@ def stage_activations(sizes: ModelSizes, request: RequestSize, decode: DecodePla
     return {
         "encode_prompt": text_encoder_activation_bytes(sizes),
         "encode_image": encode_image_activation_bytes(sizes, ps.pass2_width, ps.pass2_height),
-        "denoise_pass1": transformer_activation_bytes(sizes, PASS1_BATCH, ps.tokens(1)),
+        "denoise_pass1": transformer_activation_bytes(sizes, PASS1_BATCH, ps.tokens(1), fp8_matmul),
         "upsample": upsampler_activation_bytes(sizes, f, ps.pass1_height // 32, ps.pass1_width // 32),
-        "denoise_pass2": transformer_activation_bytes(sizes, PASS2_BATCH, ps.tokens(2)),
+        "denoise_pass2": transformer_activation_bytes(sizes, PASS2_BATCH, ps.tokens(2), fp8_matmul),
         "decode": max(decode_peak, postprocess_bytes(sizes, ps)),
     }
 
@@ -371,16 +391,22 @@ def gpu_weight_bytes(sizes: ModelSizes, memory: str, dtype: WeightDtype, residen
     """Weights on the GPU while `component` runs: the resident set, plus the visitor (offload), or the streamed
     groups (sequential)."""
     w = weight_bytes(sizes, dtype)
-    if memory == "sequential":
-        return streamed_bytes(sizes, dtype, component)
+    if memory == "sequential":  # the resident ones (the small upsampler) plus the running component's groups
+        streamed = 0 if component in resident else streamed_bytes(sizes, dtype, component)
+        return sum(w.of(c) for c in resident) + streamed
     on_gpu = set(resident) | {component}
     return sum(w.of(c) for c in on_gpu)
 
 
+FP8_MATMULS = ("scaled_mm", "dequant")
+
+
 def stage_peaks(sizes: ModelSizes, request: RequestSize, memory: str, dtype: WeightDtype,
-                resident: tuple[str, ...], decode: DecodePlan | None = None) -> dict[str, int]:
-    """Estimated GPU bytes (headroom included) at the peak of each stage of one request."""
-    act = stage_activations(sizes, request, decode)
+                resident: tuple[str, ...], decode: DecodePlan | None = None,
+                fp8_matmul: str = "scaled_mm") -> dict[str, int]:
+    """Estimated GPU bytes (headroom included) at the peak of each stage of one request. `fp8_matmul` (fp8 only):
+    "scaled_mm" (fp8 tensor-core matmuls, Ada / Hopper and newer) or "dequant" (fp8 storage, bf16 matmuls)."""
+    act = stage_activations(sizes, request, decode, fp8_matmul if dtype == "fp8" else None)
     job = job_bytes(sizes, pass_sizes(request))
     return {
         stage: with_headroom(gpu_weight_bytes(sizes, memory, dtype, resident, STAGE_COMPONENT[stage]) + job, a)
@@ -395,10 +421,11 @@ def latent_shape(sizes: ModelSizes, request: RequestSize) -> tuple[int, int, int
 
 
 def fitting_decode(sizes: ModelSizes, request: RequestSize, memory: str, dtype: WeightDtype,
-                   resident: tuple[str, ...], free_bytes: int) -> tuple[DecodePlan, dict[str, int]] | None:
+                   resident: tuple[str, ...], free_bytes: int, fp8_matmul: str = "scaled_mm"
+                   ) -> tuple[DecodePlan, dict[str, int]] | None:
     """The cheapest decode with which every stage fits `free_bytes`, and the stage peaks; None if none does."""
     for decode in decode_candidates(sizes, *latent_shape(sizes, request)):
-        peaks = stage_peaks(sizes, request, memory, dtype, resident, decode)
+        peaks = stage_peaks(sizes, request, memory, dtype, resident, decode, fp8_matmul)
         if max(peaks.values()) <= free_bytes:
             return decode, peaks
     return None
@@ -444,15 +471,16 @@ class RequestTooLarge(InputError):
 
 
 def _fits(sizes: ModelSizes, request: RequestSize, memory: str, dtype: WeightDtype, resident: tuple[str, ...],
-          free_bytes: int) -> bool:
+          free_bytes: int, fp8_matmul: str = "scaled_mm") -> bool:
     try:
-        return fitting_decode(sizes, request, memory, dtype, resident, free_bytes) is not None
+        return fitting_decode(sizes, request, memory, dtype, resident, free_bytes, fp8_matmul) is not None
     except ValueError:
         return False
 
 
 def largest_fitting_size(sizes: ModelSizes, request: RequestSize, memory: str, dtype: WeightDtype,
-                         resident: tuple[str, ...], free_bytes: int) -> RequestSize | None:
+                         resident: tuple[str, ...], free_bytes: int, fp8_matmul: str = "scaled_mm"
+                         ) -> RequestSize | None:
     """The largest size with the request's aspect ratio and frame count that fits (sides in steps of 32)."""
     aspect = request.width / request.height
     best = None
@@ -465,7 +493,7 @@ def largest_fitting_size(sizes: ModelSizes, request: RequestSize, memory: str, d
         else:
             h, w = long_side, max(32, int(round(long_side * aspect / 32)) * 32)
         candidate = RequestSize(w, h, request.num_frames)
-        if _fits(sizes, candidate, memory, dtype, resident, free_bytes):
+        if _fits(sizes, candidate, memory, dtype, resident, free_bytes, fp8_matmul):
             best, lo = candidate, mid + 1
         else:
             hi = mid - 1
@@ -473,14 +501,15 @@ def largest_fitting_size(sizes: ModelSizes, request: RequestSize, memory: str, d
 
 
 def longest_fitting(sizes: ModelSizes, request: RequestSize, memory: str, dtype: WeightDtype,
-                    resident: tuple[str, ...], free_bytes: int) -> RequestSize | None:
+                    resident: tuple[str, ...], free_bytes: int, fp8_matmul: str = "scaled_mm"
+                    ) -> RequestSize | None:
     """The most frames (8k + 1) at the request's size that fit."""
     best = None
     lo, hi = 1, (request.num_frames - 1) // 8
     while lo <= hi:
         mid = (lo + hi) // 2
         candidate = RequestSize(request.width, request.height, 8 * mid + 1)
-        if _fits(sizes, candidate, memory, dtype, resident, free_bytes):
+        if _fits(sizes, candidate, memory, dtype, resident, free_bytes, fp8_matmul):
             best, lo = candidate, mid + 1
         else:
             hi = mid - 1
@@ -497,17 +526,18 @@ def plan_request(sizes: ModelSizes, placement: "Placement", request: RequestSize
         free_bytes = placement.free_bytes
     ps = pass_sizes(request)
     memory, dtype, resident = placement.memory, placement.dtype, tuple(placement.resident)
-    found = fitting_decode(sizes, request, memory, dtype, resident, free_bytes)
+    fp8_matmul = getattr(placement, "fp8_matmul", "scaled_mm")
+    found = fitting_decode(sizes, request, memory, dtype, resident, free_bytes, fp8_matmul)
     if found is not None:
         decode, peaks = found
         return RequestPlan(request, ps, memory, dtype, resident, decode, peaks, max(peaks.values()), free_bytes)
 
-    frugal = stage_peaks(sizes, request, memory, dtype, resident, frugal_decode(sizes, request))
+    frugal = stage_peaks(sizes, request, memory, dtype, resident, frugal_decode(sizes, request), fp8_matmul)
     short = {s: b for s, b in frugal.items() if b > free_bytes}
     worst = max(short, key=short.get)
     what = ", ".join(f"{s} needs {b / GiB:.1f} GiB" for s, b in sorted(short.items(), key=lambda kv: -kv[1]))
-    largest = largest_fitting_size(sizes, request, memory, dtype, resident, free_bytes)
-    longest = longest_fitting(sizes, request, memory, dtype, resident, free_bytes)
+    largest = largest_fitting_size(sizes, request, memory, dtype, resident, free_bytes, fp8_matmul)
+    longest = longest_fitting(sizes, request, memory, dtype, resident, free_bytes, fp8_matmul)
     options = []
     if largest is not None:
         options.append(f"{largest.width}x{largest.height} at {request.num_frames} frames")

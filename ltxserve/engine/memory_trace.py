@@ -108,10 +108,12 @@ class MetaComponents:
     text_encoder: torch.nn.Module
 
 
-def build_meta_components(transformer_layers: int = 2, text_layers: int = 2,
-                          dtype: torch.dtype = torch.bfloat16) -> MetaComponents:
+def build_meta_components(transformer_layers: int = 2, text_layers: int = 2, dtype: torch.dtype = torch.bfloat16,
+                          fp8_matmul: str | None = None) -> MetaComponents:
     """The real configurations (ltxserve/weights/configs) with fewer transformer / T5 blocks; the VAE and the
-    upsampler whole. The upsampler stays fp32, as the reference keeps it."""
+    upsampler whole. The upsampler stays fp32, as the reference keeps it. The transformer gets the pipeline's
+    segmented forward (segmented.py; called without `segments` it is diffusers' own), and with `fp8_matmul` its block
+    Linears become fp8.py's Fp8Linear computing that way."""
     from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
     from transformers import T5Config, T5EncoderModel
@@ -126,4 +128,28 @@ def build_meta_components(transformer_layers: int = 2, text_layers: int = 2,
     for m in (transformer, vae, text_encoder):
         m.to(dtype).eval().requires_grad_(False)
     upsampler.eval().requires_grad_(False)
+    from ltxserve.engine.segmented import install_segmented_forward
+
+    install_segmented_forward(transformer)
+    if fp8_matmul is not None:
+        from ltxserve.engine.fp8 import convert_transformer_to_fp8
+
+        convert_transformer_to_fp8(transformer, fp8_matmul)  # type: ignore[arg-type]
     return MetaComponents(transformer, vae, upsampler, text_encoder)
+
+
+def trace_transformer(transformer: torch.nn.Module, batch: int, frames: int, height: int, width: int,
+                      segmented: bool = True) -> Trace:
+    """One forward as the pipeline makes it: `batch` rows of frames x height x width latent tokens, 256 text tokens,
+    the first latent frame conditioned (two timestep segments); `segmented=False`: diffusers' per-token form."""
+    n, n_cond = frames * height * width, height * width
+
+    def empty(*shape, dtype=torch.bfloat16):
+        return torch.empty(*shape, device="meta", dtype=dtype)
+
+    kwargs = dict(hidden_states=empty(batch, n, 128), encoder_hidden_states=empty(batch, 256, 4096),
+                  encoder_attention_mask=empty(batch, 256), video_coords=empty(batch, 3, n, dtype=torch.float32),
+                  return_dict=False)
+    if segmented:
+        return trace(transformer, timestep=empty(batch, 2, dtype=torch.float32), segments=(0, n_cond, n), **kwargs)
+    return trace(transformer, timestep=empty(batch, n, dtype=torch.float32), **kwargs)

@@ -66,6 +66,9 @@ HOST_PROCESS_BYTES = 3 * GiB
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "weights" / "configs"
 
 ALL_RESIDENT = ("text_encoder", "transformer", "latent_upsampler", "vae")
+# sequential mode streams the transformer, T5 and the VAE block by block; the small upsampler stays resident
+SEQUENTIAL_RESIDENT = ("latent_upsampler",)
+DEFAULT_RESIDENT = {"gpu": ALL_RESIDENT, "offload": (), "sequential": SEQUENTIAL_RESIDENT}
 # Offload rungs, most resident first: every component left out visits the GPU for its stage, one at a time.
 OFFLOAD_RESIDENTS: tuple[tuple[str, ...], ...] = (
     ("transformer", "latent_upsampler", "vae"),  # only T5 visits: it runs once, first
@@ -88,8 +91,10 @@ class Placement:
                 GPU for its stage and back, one visitor at a time) or "sequential" (block-level group offload).
     dtype:      weight dtype: "bf16" | "fp16" | "fp32", or "fp8" (transformer blocks' Linear weights in fp8 with
                 per-row scales; everything else bf16).
-    resident:   the components (among COMPONENTS) on the GPU for the whole job; every one in "gpu", none in
-                "sequential".
+    resident:   the components (among COMPONENTS) on the GPU for the whole job: every one in "gpu"; in "offload"
+                the rung's choice (e.g. all but T5); in "sequential" the small upsampler (the rest is streamed).
+    fp8_matmul: with dtype "fp8": "scaled_mm" (fp8 tensor-core matmuls) or "dequant" (fp8 storage only); the
+                activations differ (scaled_mm quantizes them through fp32 copies), so the plan needs to know.
     vae_decode: "full" or "tiled": what the decode of the request it was planned for needs (`decode` says how);
                 every request's own decode comes from memory_plan.plan_request / apply_request_plan.
     """
@@ -104,12 +109,13 @@ class Placement:
     host_bytes: int = 0  # weights kept in host memory (the visitors' in offload; all in sequential)
     request: RequestSize = RequestSize()
     reason: str = ""
-    resident: tuple[str, ...] | None = None  # None: the mode's default (all for gpu, none otherwise)
+    resident: tuple[str, ...] | None = None  # None: the mode's default (DEFAULT_RESIDENT)
     decode: DecodePlan | None = None
+    fp8_matmul: str = "scaled_mm"
 
     def __post_init__(self) -> None:
         if self.resident is None:
-            object.__setattr__(self, "resident", ALL_RESIDENT if self.memory == "gpu" else ())
+            object.__setattr__(self, "resident", DEFAULT_RESIDENT[self.memory])
         unknown = set(self.resident) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown components in resident: {sorted(unknown)}")
@@ -155,8 +161,6 @@ def host_weight_bytes(memory: str, dtype: WeightDtype, resident: tuple[str, ...]
     w = weight_bytes(sizes, dtype)
     if memory == "gpu":
         return 0
-    if memory == "sequential":
-        return w.total
     return sum(w.of(c) for c in COMPONENTS if c not in resident)
 
 
@@ -166,7 +170,7 @@ def stage_peaks(sizes: ModelSizes, request: RequestSize, memory: MemoryMode, dty
     """Estimated GPU bytes (headroom included) at the peak of each stage of one request. `vae_decode` "tiled"
     means the most frugal decode; a DecodePlan means that one."""
     if resident is None:
-        resident = ALL_RESIDENT if memory == "gpu" else ()
+        resident = DEFAULT_RESIDENT[memory]
     if isinstance(vae_decode, DecodePlan):
         decode = vae_decode
     else:
@@ -184,36 +188,39 @@ def _rungs(dtype: WeightDtype) -> list[Rung]:
 def _ladder(memory: str, dtype: str) -> list[Rung]:
     """The placements to try, best first, honouring any explicit choice."""
     dtypes: tuple[WeightDtype, ...] = ("bf16", "fp8") if dtype == "auto" else (dtype,)  # type: ignore[assignment]
-    ladder = [r for d in dtypes for r in _rungs(d)] + [("sequential", d, ()) for d in dtypes]
+    ladder = [r for d in dtypes for r in _rungs(d)] + [("sequential", d, SEQUENTIAL_RESIDENT) for d in dtypes]
     if memory != "auto":
         ladder = [r for r in ladder if r[0] == memory]
     return ladder
 
 
-def _evaluate(free_bytes: int, sizes: ModelSizes, request: RequestSize, rung: Rung) -> Placement | None:
+def _evaluate(free_bytes: int, sizes: ModelSizes, request: RequestSize, rung: Rung, fp8_matmul: str
+              ) -> Placement | None:
     mode, dtype, resident = rung
-    found = fitting_decode(sizes, request, mode, dtype, resident, free_bytes)
+    found = fitting_decode(sizes, request, mode, dtype, resident, free_bytes, fp8_matmul)
     if found is None:
         return None
     decode, peaks = found
     return Placement(
         mode, dtype, "full" if decode.mode == "full" else "tiled", max(peaks.values()), free_bytes, peaks,
         weight_bytes(sizes, dtype), host_weight_bytes(mode, dtype, resident, sizes), request,
-        resident=resident, decode=decode,
+        resident=resident, decode=decode, fp8_matmul=fp8_matmul,
     )
 
 
-def minimum_bytes(sizes: ModelSizes, request: RequestSize, memory: str = "auto", dtype: str = "auto") -> int:
+def minimum_bytes(sizes: ModelSizes, request: RequestSize, memory: str = "auto", dtype: str = "auto",
+                  fp8_matmul: str = "scaled_mm") -> int:
     """The least free GPU memory any allowed placement needs for this request."""
     frugal = frugal_decode(sizes, request)
     return min(
-        max(_stage_peaks(sizes, request, m, d, r, frugal).values()) for m, d, r in _ladder(memory, dtype)
+        max(_stage_peaks(sizes, request, m, d, r, frugal, fp8_matmul).values()) for m, d, r in _ladder(memory, dtype)
     )
 
 
-def smallest_card_gb(sizes: ModelSizes, request: RequestSize, memory: str = "auto", dtype: str = "auto") -> int | None:
+def smallest_card_gb(sizes: ModelSizes, request: RequestSize, memory: str = "auto", dtype: str = "auto",
+                     fp8_matmul: str = "scaled_mm") -> int | None:
     """The smallest card class (GB) whose free memory fits some allowed placement; None if even the largest is short."""
-    need = minimum_bytes(sizes, request, memory, dtype)
+    need = minimum_bytes(sizes, request, memory, dtype, fp8_matmul)
     for gb in CARD_CLASSES_GB:
         if card_free_bytes(gb) >= need:
             return gb
@@ -233,13 +240,14 @@ def plan_placement(
     memory: str = "auto",
     dtype: str = "auto",
     host_bytes: int | None = None,
+    fp8_matmul: str = "scaled_mm",
 ) -> Placement:
     """Choose where each component lives for `request` given `free_bytes` of GPU memory.
 
     `memory` is auto|gpu|offload|sequential and `dtype` auto|bf16|fp8|fp16|fp32 (weights); explicit choices are
     honoured (auto fills in the rest). `host_bytes` (the machine's RAM), when given, also rules out placements
     whose weights kept in host memory (plus HOST_PROCESS_BYTES) do not fit it. Raises PlacementError when nothing
-    allowed fits.
+    allowed fits. `fp8_matmul` says how fp8 placements would compute ("scaled_mm" or "dequant": fp8.py).
     """
     if memory not in MEMORY_CHOICES:
         raise ValueError(f"memory must be one of {', '.join(MEMORY_CHOICES)}; got {memory!r}")
@@ -251,7 +259,7 @@ def plan_placement(
         if host_bytes is not None and host_weight_bytes(*rung, sizes) + HOST_PROCESS_BYTES > host_bytes:
             short_of_host.append(f"{rung[0]}/{rung[1]}")
             continue
-        placement = _evaluate(free_bytes, sizes, request, rung)
+        placement = _evaluate(free_bytes, sizes, request, rung, fp8_matmul)
         if placement is not None:
             skipped = f"; did not fit: {', '.join(tried)}" if tried else ""
             reason = f"chosen: first placement that fits{skipped}" if memory == "auto" else "chosen: requested explicitly"
@@ -259,8 +267,8 @@ def plan_placement(
         mode, weight_dtype, resident = rung
         tried.append(f"{mode}/{weight_dtype}" + (f"[{'+'.join(resident) or 'none'} resident]" if mode == "offload" else ""))
 
-    need = minimum_bytes(sizes, request, memory, dtype)
-    card = smallest_card_gb(sizes, request, memory, dtype)
+    need = minimum_bytes(sizes, request, memory, dtype, fp8_matmul)
+    card = smallest_card_gb(sizes, request, memory, dtype, fp8_matmul)
     what = "" if memory == "auto" and dtype == "auto" else f" with --memory {memory} --dtype {dtype}"
     host_text = ""
     if short_of_host:
@@ -304,10 +312,12 @@ def count_model_sizes() -> ModelSizes:
         text_encoder = T5EncoderModel(T5Config(**text_cfg))
     block_linears = [m for m in transformer.transformer_blocks.modules() if isinstance(m, torch.nn.Linear)]
     inner = transformer_cfg["num_attention_heads"] * transformer_cfg["attention_head_dim"]
-    # Block-level group offload moves, for the VAE, each up/down block and what is left of the decoder / encoder.
-    vae_groups = [params(b) for b in (*vae.decoder.up_blocks, *vae.encoder.down_blocks)]
-    vae_groups.append(params(vae.decoder) - sum(params(b) for b in vae.decoder.up_blocks))
-    vae_groups.append(params(vae.encoder) - sum(params(b) for b in vae.encoder.down_blocks))
+    # Block-level group offload of the VAE's decoder (encoder): its own group (what is outside its block list) stays
+    # on the device through its forward, with the running block and the one being prefetched.
+    vae_groups = []
+    for part, blocks in ((vae.decoder, vae.decoder.up_blocks), (vae.encoder, vae.encoder.down_blocks)):
+        largest = sorted((params(b) for b in blocks), reverse=True)
+        vae_groups.append(params(part) - sum(params(b) for b in blocks) + sum(largest[:2]))
     te_blocks = sum(params(b) for b in text_encoder.encoder.block)
     return ModelSizes(
         transformer_params=params(transformer),
