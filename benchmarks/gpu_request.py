@@ -230,9 +230,10 @@ def table(run: RequestRun, peak_flops: float | None) -> str:
 # --- CPU mode: the checks -------------------------------------------------------------------------------------------
 
 
-def check_flop_counter(counter, cfgs: dict[str, dict], width: int, height: int, num_frames: int, config
-                       ) -> list[dict]:
-    """flops.py's count against FlopCounterMode's for each component over the whole run."""
+def check_flop_counter(counter, c: LTXComponents, cfgs: dict[str, dict], width: int, height: int,
+                       num_frames: int, config) -> list[dict]:
+    """flops.py's count against FlopCounterMode's for each component over the whole run (FlopCounterMode files a
+    call under the class name of the module called at the top)."""
     counts = counter.get_flop_counts()
 
     def measured(key: str) -> float:
@@ -240,10 +241,10 @@ def check_flop_counter(counter, cfgs: dict[str, dict], width: int, height: int, 
 
     r = fl.request_flops(cfgs, width, height, num_frames, config)
     mine = {
-        "LTXVideoTransformer3DModel": r.pass1.total + r.pass2.total,
-        "T5EncoderModel": r.text_encoding.total,
-        "LTXLatentUpsamplerModel": r.upsample.total,
-        "LTXVideoDecoder3d": r.decode.total,
+        type(c.transformer).__name__: r.pass1.total + r.pass2.total,
+        type(c.text_encoder).__name__: r.text_encoding.total,
+        type(c.latent_upsampler).__name__: r.upsample.total,
+        type(c.vae.decoder).__name__: r.decode.total,
     }
     out = []
     for key, counted in mine.items():
@@ -302,7 +303,7 @@ def cpu_main(args: argparse.Namespace) -> int:
     with sdpa_kernel(SDPBackend.MATH):  # the math path, so that FlopCounterMode sees attention's two matmuls
         run = run_request(c, "cpu (real widths, reduced depth)", width, height, frames, config, cuda=False,
                           plan=None, cfgs=cfgs, flop_counter=counter)
-    flop_rows = check_flop_counter(counter, cfgs, width, height, frames, config)
+    flop_rows = check_flop_counter(counter, c, cfgs, width, height, frames, config)
     est_rows = check_estimator()
 
     print(f"built the reduced real architecture with random weights in {build_s:.1f} s")
