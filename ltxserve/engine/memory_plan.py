@@ -126,7 +126,7 @@ def pass_sizes(request: RequestSize) -> PassSizes:
 # runs: segmented.py's (adaLN values per distinct timestep, RoPE tables once per call).
 SEGMENTED_PER_ROW = 24.3  # per batch row: the hidden states and a block's working set at its peak
 SEGMENTED_PER_CALL = 7.6  # once per call: RoPE's fp32 cos / sin tables, shared by the rows
-FP8_SCALED_MM_PER_ROW = 69.3  # fp8 with torch._scaled_mm: activations quantized per token through two fp32 copies
+FP8_SCALED_MM_PER_ROW = 72.5  # fp8 with torch._scaled_mm (traced 68.6-76.1 over 480p-720p x 257 frames): see below
 
 
 def transformer_activation_bytes(sizes: ModelSizes, batch: int, tokens: int, fp8_matmul: str | None = None) -> int:
