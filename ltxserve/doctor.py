@@ -3,7 +3,9 @@
 Prints the GPU(s), driver and free memory, whether the pinned weights are present and verified, and the memory
 placement the server would choose for a request size. On a machine without a CUDA GPU it says so, says that the
 server would run the tiny random-weight model, and shows the placement it would choose on common cards.
-Exit status 0 means this machine can serve the 13B model now; 1 means it cannot (the output says why).
+It also states the host RAM each placement needs (the weights that wait in host memory for their turn on the GPU:
+offload's visitors, every weight in sequential mode) against what the machine has, so a 32 GB desktop knows what
+it can run. Exit status 0 means this machine can serve the 13B model now; 1 means it cannot (the output says why).
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from typing import Callable
 
 from ltxserve.config import Settings
 from ltxserve.engine.placement import (
+    ALL_RESIDENT,
+    HOST_PROCESS_BYTES,
     DTYPE_CHOICES,
     MEMORY_CHOICES,
     GiB,
+    Placement,
     PlacementError,
     RequestSize,
     card_free_bytes,
     count_model_sizes,
+    host_weight_bytes,
     plan_placement,
 )
 from ltxserve.weights.lock import LockError
@@ -32,6 +38,65 @@ from ltxserve.weights.provision import load_settings_lock
 from ltxserve.weights.store import FileState, verify_weights
 
 REFERENCE_CARDS_GB = (80, 48, 24, 16)
+# The placements whose host needs doctor lists: (label, memory, resident).
+HOST_ROWS = (
+    ("gpu (all resident)", "gpu", ALL_RESIDENT),
+    ("offload, T5 visits", "offload", ("transformer", "latent_upsampler", "vae")),
+    ("offload, all visit", "offload", ()),
+    ("sequential", "sequential", ()),
+)
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    total_bytes: int
+    available_bytes: int
+
+
+def read_meminfo(path: Path = Path("/proc/meminfo")) -> HostMemory | None:
+    """MemTotal and MemAvailable from /proc/meminfo (None where there is none)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            fields[key.strip()] = int(parts[0]) * (1024 if parts[-1] == "kB" else 1)
+    if "MemTotal" not in fields:
+        return None
+    return HostMemory(fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0)))
+
+
+def host_need_bytes(memory: str, dtype: str, resident: tuple[str, ...], sizes) -> int:
+    """Host RAM a placement needs: the weights kept in host memory (pinned for transfers) plus the process."""
+    weight_dtype = "bf16" if dtype == "auto" else dtype
+    return host_weight_bytes(memory, weight_dtype, resident, sizes) + HOST_PROCESS_BYTES  # type: ignore[arg-type]
+
+
+def _host_section(host: HostMemory | None, sizes, dtype: str, chosen: Placement | None,
+                  out: Callable[[str], None]) -> bool:
+    """Print what each placement needs in host RAM; False when the chosen placement does not fit."""
+    if host is None:
+        out("  host memory: unknown (no /proc/meminfo)")
+        return True
+    out(f"  this machine: {host.total_bytes / GiB:.1f} GiB RAM, {host.available_bytes / GiB:.1f} GiB available")
+    out("  weights are memory-mapped from the checkpoint while loading (the page cache, not a copy); what stays in "
+        "host memory is the weights that visit the GPU:")
+    for weight_dtype in (("bf16", "fp8") if dtype == "auto" else (dtype,)):
+        for label, memory, resident in HOST_ROWS:
+            need = host_need_bytes(memory, weight_dtype, resident, sizes)
+            verdict = "fits" if need <= host.total_bytes else "needs more RAM than this machine has"
+            out(f"  {label + ', ' + weight_dtype:<26} ~{need / GiB:5.1f} GiB: {verdict}")
+    if chosen is None:
+        return True
+    need = host_need_bytes(chosen.memory, chosen.dtype, tuple(chosen.resident), sizes)
+    fits = need <= host.total_bytes
+    out(f"  the chosen placement ({chosen.memory}) needs ~{need / GiB:.1f} GiB of host RAM: "
+        + ("fits" if fits else f"more than this machine's {host.total_bytes / GiB:.1f} GiB"))
+    return fits
 
 
 @dataclass(frozen=True)
@@ -154,13 +219,17 @@ def doctor_main(args: argparse.Namespace, settings: Settings | None = None, out:
     out(f"\nMemory placement for a {request.width}x{request.height}, {request.num_frames}-frame request "
         f"(--memory {settings.memory}, --dtype {settings.dtype})")
     sizes = count_model_sizes()
+    host = read_meminfo()
+    host_total = host.total_bytes if host else None
     fits = False
+    chosen = None
     if gpus:
         gpu = gpus[0]
         try:
-            plan = plan_placement(gpu.free_bytes, sizes, request, memory=settings.memory, dtype=settings.dtype)
+            plan = plan_placement(gpu.free_bytes, sizes, request, memory=settings.memory, dtype=settings.dtype,
+                                  host_bytes=host_total)
             out("  " + plan.describe().replace("\n", "\n  "))
-            fits = True
+            fits, chosen = True, plan
         except (PlacementError, ValueError) as exc:
             out(f"  {exc}")
     else:
@@ -171,10 +240,14 @@ def doctor_main(args: argparse.Namespace, settings: Settings | None = None, out:
                     card_free_bytes(gb), sizes, request, memory=settings.memory, dtype=settings.dtype
                 )
                 out(f"  {gb:>3} GB card: {plan.memory}, {plan.dtype} transformer weights, {plan.vae_decode} VAE "
-                    f"decode, ~{plan.peak_bytes / GiB:.1f} GiB peak")
+                    f"decode, ~{plan.peak_bytes / GiB:.1f} GiB peak, "
+                    f"~{host_need_bytes(plan.memory, plan.dtype, tuple(plan.resident), sizes) / GiB:.0f} GiB host RAM")
             except (PlacementError, ValueError) as exc:
                 out(f"  {gb:>3} GB card: {exc}")
 
-    ready = bool(gpus) and weights_ok and fits
+    out("\nHost memory")
+    host_ok = _host_section(host, sizes, settings.dtype, chosen, out)
+
+    ready = bool(gpus) and weights_ok and fits and host_ok
     out("\n" + ("ready to serve the 13B model" if ready else "not ready to serve the 13B model (see above)"))
     return 0 if ready else 1

@@ -11,6 +11,9 @@ from ltxserve.config import Settings
 from ltxserve.engine.placement import GiB
 
 
+READ_MEMINFO = doctor.read_meminfo
+
+
 def _run(argv: list[str], settings: Settings) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="ltxserve")
     doctor.add_doctor_arguments(parser.add_subparsers(dest="command", required=True))
@@ -23,6 +26,12 @@ def _run(argv: list[str], settings: Settings) -> tuple[int, str]:
 @pytest.fixture
 def settings(tmp_path):
     return Settings(weights_dir=tmp_path / "weights")
+
+
+@pytest.fixture(autouse=True)
+def roomy_host(monkeypatch):
+    """A host with plenty of RAM unless a test states another (this machine's own must not decide)."""
+    monkeypatch.setattr(doctor, "read_meminfo", lambda: doctor.HostMemory(128 * GiB, 120 * GiB))
 
 
 def test_cpu_machine_says_what_it_would_do(monkeypatch, settings):
@@ -38,21 +47,21 @@ def test_cpu_machine_says_what_it_would_do(monkeypatch, settings):
 
 
 def test_gpu_machine_prints_the_plan(monkeypatch, settings):
-    fake = doctor.GpuInfo(0, "NVIDIA Test 48GB", 48 * GiB, int(47.5 * GiB), (8, 9))
+    fake = doctor.GpuInfo(0, "NVIDIA Test 40GB", 40 * GiB, int(39.5 * GiB), (8, 9))
     monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
     monkeypatch.setattr(doctor, "driver_version", lambda: "999.1")
     code, out = _run([], settings)
-    assert "NVIDIA Test 48GB" in out and "999.1" in out and "47.5 GiB free" in out
-    assert "memory placement: offload" in out
+    assert "NVIDIA Test 40GB" in out and "999.1" in out and "39.5 GiB free" in out
+    assert "memory placement: offload" in out and "visiting the GPU for their stage: text_encoder" in out
     assert code == 1  # the weights are missing
 
 
 def test_too_small_gpu_names_the_smallest_card(monkeypatch, settings):
-    fake = doctor.GpuInfo(0, "Small", 12 * GiB, int(11.5 * GiB), (8, 6))
+    fake = doctor.GpuInfo(0, "Small", 8 * GiB, int(7.5 * GiB), (8, 6))
     monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
     monkeypatch.setattr(doctor, "driver_version", lambda: None)
     _, out = _run([], settings)
-    assert "smallest card that works is a 16 GB card" in out
+    assert "smallest card that works is a 12 GB card" in out
     _, out = _run(["--width", "848", "--height", "480"], settings)
     assert "memory placement: sequential" in out
 
@@ -61,3 +70,63 @@ def test_explicit_memory_flag_is_used(monkeypatch, settings):
     monkeypatch.setattr(doctor, "probe_gpus", lambda: [])
     _, out = _run(["--memory", "sequential"], settings)
     assert "80 GB card: sequential" in out
+
+
+MEMINFO = """MemTotal:       {total} kB
+MemFree:         1000000 kB
+MemAvailable:   {available} kB
+Buffers:          100000 kB
+"""
+
+
+def test_meminfo_is_read(tmp_path):
+    path = tmp_path / "meminfo"
+    path.write_text(MEMINFO.format(total=32 * 1024**2, available=20 * 1024**2))
+    host = READ_MEMINFO(path)
+    assert host == doctor.HostMemory(32 * GiB, 20 * GiB)
+    assert READ_MEMINFO(tmp_path / "absent") is None
+
+
+def test_a_32_gb_desktop_is_told_what_it_can_run(monkeypatch, settings, tmp_path):
+    path = tmp_path / "meminfo"
+    path.write_text(MEMINFO.format(total=int(31.3 * 1024**2), available=int(28 * 1024**2)))
+    real_read = READ_MEMINFO
+    monkeypatch.setattr(doctor, "read_meminfo", lambda: real_read(path))
+    fake = doctor.GpuInfo(0, "NVIDIA GeForce RTX 4090", 24 * GiB, int(23.5 * GiB), (8, 9))
+    monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
+    monkeypatch.setattr(doctor, "driver_version", lambda: "999.1")
+    _, out = _run([], settings)
+    assert "this machine: 31.3 GiB RAM, 28.0 GiB available" in out
+    rows = {line.split("~")[0].strip(): line for line in out.splitlines() if "GiB: " in line and "~" in line}
+    # bf16 sequential keeps every weight (~36 GiB) in host memory: more than 31.3 GiB; fp8 sequential does not.
+    assert "needs more RAM" in rows["sequential, bf16"] and rows["sequential, fp8"].endswith("fits")
+    assert rows["gpu (all resident), bf16"].endswith("fits")
+    # So on this desktop the 24 GB card streams fp8 weights instead of bf16 ones, and the host has room for it.
+    assert "memory placement: sequential" in out and "transformer weights: fp8" in out
+    assert "the chosen placement (sequential) needs" in out and "GiB of host RAM: fits" in out
+
+
+def test_with_enough_host_memory_bf16_weights_are_streamed(monkeypatch, settings, tmp_path):
+    path = tmp_path / "meminfo"
+    path.write_text(MEMINFO.format(total=64 * 1024**2, available=60 * 1024**2))
+    real_read = READ_MEMINFO
+    monkeypatch.setattr(doctor, "read_meminfo", lambda: real_read(path))
+    fake = doctor.GpuInfo(0, "NVIDIA GeForce RTX 4090", 24 * GiB, int(23.5 * GiB), (8, 9))
+    monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
+    monkeypatch.setattr(doctor, "driver_version", lambda: None)
+    _, out = _run([], settings)
+    assert "memory placement: sequential" in out and "transformer weights: bf16" in out
+    assert "needs more RAM" not in out
+
+
+def test_too_little_host_memory_for_any_placement_is_not_ready(monkeypatch, settings, tmp_path):
+    path = tmp_path / "meminfo"
+    path.write_text(MEMINFO.format(total=16 * 1024**2, available=12 * 1024**2))
+    real_read = READ_MEMINFO
+    monkeypatch.setattr(doctor, "read_meminfo", lambda: real_read(path))
+    fake = doctor.GpuInfo(0, "NVIDIA GeForce RTX 4090", 24 * GiB, int(23.5 * GiB), (8, 9))
+    monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
+    monkeypatch.setattr(doctor, "driver_version", lambda: None)
+    code, out = _run([], settings)
+    assert code == 1
+    assert "more weights in host memory than this machine's 16 GiB of RAM" in out
