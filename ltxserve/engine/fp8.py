@@ -39,11 +39,22 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def quantize_activation_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) activations → (e4m3, fp32 scale (M, 1)): one scale per token."""
-    x32 = x.float()
-    scale = (x32.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=_MIN_SCALE)
-    return (x32 / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+ACTIVATION_CHUNK_ROWS = 4096  # rows quantized at a time: bounds the fp32 temporaries to a chunk, not the whole input
+
+
+def quantize_activation_rows(x: torch.Tensor, pad_rows_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, K) activations → (e4m3, fp32 scale (M, 1)): one scale per token. The division runs in fp32 (one rounding,
+    to e4m3), a chunk of rows at a time, so the only full-size copy made is the 1-byte result. With `pad_rows_to`,
+    zero rows (scale 1) are appended up to a multiple of it, without copying the input."""
+    m = x.shape[0]
+    padded = m + (-m) % pad_rows_to
+    scale = torch.ones((padded, 1), dtype=torch.float32, device=x.device)
+    scale[:m] = (x.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=_MIN_SCALE)  # amax is exact
+    q = torch.zeros((padded, x.shape[1]), dtype=FP8, device=x.device)
+    for start in range(0, m, ACTIVATION_CHUNK_ROWS):
+        rows = slice(start, min(start + ACTIVATION_CHUNK_ROWS, m))
+        q[rows] = (x[rows].float() / scale[rows]).clamp_(-FP8_MAX, FP8_MAX)
+    return q, scale
 
 
 def fp8_matmul_supported(device: torch.device | str) -> bool:
@@ -89,10 +100,7 @@ class Fp8Linear(nn.Linear):
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features)
         m = rows.shape[0]
-        pad = (-m) % 16  # the fp8 GEMM wants every dimension a multiple of 16
-        if pad:
-            rows = F.pad(rows, (0, 0, 0, pad))
-        x8, x_scale = quantize_activation_rows(rows)
+        x8, x_scale = quantize_activation_rows(rows, pad_rows_to=16)  # the fp8 GEMM wants dimensions % 16 == 0
         out = torch._scaled_mm(x8, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
                                out_dtype=torch.bfloat16 if x.dtype == torch.float32 else x.dtype)
         out = out[:m].to(x.dtype)

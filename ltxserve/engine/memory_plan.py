@@ -126,7 +126,6 @@ def pass_sizes(request: RequestSize) -> PassSizes:
 # runs: segmented.py's (adaLN values per distinct timestep, RoPE tables once per call).
 SEGMENTED_PER_ROW = 24.3  # per batch row: the hidden states and a block's working set at its peak
 SEGMENTED_PER_CALL = 7.6  # once per call: RoPE's fp32 cos / sin tables, shared by the rows
-FP8_SCALED_MM_PER_ROW = 72.5  # fp8 with torch._scaled_mm (traced 68.6-76.1 over 480p-720p x 257 frames): see below
 
 
 def transformer_activation_bytes(sizes: ModelSizes, batch: int, tokens: int, fp8_matmul: str | None = None) -> int:
@@ -135,16 +134,19 @@ def transformer_activation_bytes(sizes: ModelSizes, batch: int, tokens: int, fp8
     Per token, in units of the inner dim D: each batch row holds its hidden states and, at a block's peak (the
     feed-forward), its input, the normed and modulated copies and the 4D-wide projection and GELU: 24.3 D bytes;
     the call holds RoPE's cos and sin in fp32 once (7.6 D bytes). With fp8 matmuls (`fp8_matmul` "scaled_mm") each
-    block Linear's input is quantized per token through two fp32 copies: at the feed-forward's down projection (4D
-    wide) that makes 69.3 D bytes per row. With "dequant" each Linear's weight is dequantized for its matmul (fp32
+    block Linear's input is quantized per token a chunk of rows at a time (fp8.ACTIVATION_CHUNK_ROWS): on top of the
+    bf16 working set, two fp32 chunk temporaries at the widest input (the feed-forward's down projection, 4D); the
+    1-byte quantized copy fits inside the bf16 peak (traced within 6% at 480p-720p x 257 frames). With "dequant" each Linear's weight is dequantized for its matmul (fp32
     and bf16 copies of the largest, 4D x D: 8 bytes per weight) on top of 70% of the bf16 working set; at large
     token counts the bf16 peak elsewhere dominates. Attention adds only its output: fused kernels never build the
     N x N matrix.
     """
     d = sizes.transformer_inner_dim
-    if fp8_matmul == "scaled_mm":
-        return int(batch * tokens * FP8_SCALED_MM_PER_ROW * d)
     bf16 = int(batch * tokens * SEGMENTED_PER_ROW * d + tokens * SEGMENTED_PER_CALL * d)
+    if fp8_matmul == "scaled_mm":
+        from ltxserve.engine.fp8 import ACTIVATION_CHUNK_ROWS  # here: the planner stays importable without torch
+
+        return bf16 + 2 * ACTIVATION_CHUNK_ROWS * sizes.transformer_ff_dim * 4
     if fp8_matmul == "dequant":
         return max(bf16, int(0.7 * bf16) + 8 * sizes.transformer_ff_dim * d)
     return bf16

@@ -59,7 +59,7 @@ U = ("latent_upsampler",)
         (40, P720, "offload", "bf16", T_U_V, "tiled"),  # only T5 visits
         (48, P480, "gpu", "bf16", ("text_encoder", *T_U_V), "full"),
         (32, P480, "offload", "bf16", ("latent_upsampler", "vae"), "full"),  # bf16 with the transformer visiting
-        (32, P720, "offload", "fp8", ("transformer", "latent_upsampler"), "tiled"),  # fp8 transformer weights
+        (32, P720, "offload", "fp8", T_U_V, "tiled"),  # fp8 transformer weights: only T5 visits
         (24, P480, "offload", "fp8", ("transformer", "latent_upsampler"), "tiled"),  # the VAE visits too
         (24, P720, "sequential", "bf16", U, "full"),  # last resort: streamed, the upsampler resident
         (12, P720, "sequential", "bf16", U, "tiled"),
