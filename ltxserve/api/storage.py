@@ -20,6 +20,7 @@ from ltxserve.api.urls import Urls
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore, StoredFile
 from ltxserve.protocol import UploadInitiateRequest, UploadInitiateResponse
+from ltxserve.stored_files import stored_file
 
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4",
                "application/octet-stream": ".bin"}
@@ -28,6 +29,18 @@ _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp",
 def _safe_name(name: str | None, content_type: str) -> str:
     base = Path(name or "").name.replace("/", "_").replace("\\", "_").strip(". ")
     return base or ("upload" + _EXTENSIONS.get(content_type, ".bin"))
+
+
+def _is_media(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
+    return kind.startswith(("image/", "video/", "audio/")) and kind != "image/svg+xml"
+
+
+def _download_type(content_type: str) -> str:
+    """Non-media is served as what it claims only when it is plainly inert; otherwise as bytes."""
+    kind = content_type.split(";")[0].strip().lower()
+    return content_type if kind in ("text/plain", "application/json", "application/octet-stream") else \
+        "application/octet-stream"
 
 
 def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter:
@@ -105,16 +118,16 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
     @router.get("/files/{file_id}")
     @router.get("/files/{file_id}/{file_name}")
     def get_file(file_id: str, file_name: str | None = None):
-        record = store.get_file(file_id)
-        if record is None or not record.complete or (file_name is not None and file_name != record.file_name):
+        found = stored_file(store, settings.files_dir, file_id, file_name)
+        if found is None:
             raise HTTPException(404, detail="File not found")
-        if record.expires_at is not None and record.expires_at <= time.time():
-            raise HTTPException(404, detail="File expired")
-        path = settings.files_dir / record.path
-        if not path.is_file():
-            raise HTTPException(404, detail="File not found")
+        record, path = found
+        # Media is shown inline; anything else (an upload's client-chosen type: text/html, svg...) is a download,
+        # and nosniff stops a browser from guessing a type the server did not send.
+        inline = _is_media(record.content_type)
         # FileResponse answers Range requests with 206 and Content-Range (Starlette >= 0.39).
-        return FileResponse(path, media_type=record.content_type, filename=record.file_name,
-                            content_disposition_type="inline")
+        return FileResponse(path, media_type=record.content_type if inline else _download_type(record.content_type),
+                            filename=record.file_name, content_disposition_type="inline" if inline else "attachment",
+                            headers={"X-Content-Type-Options": "nosniff"})
 
     return router
