@@ -13,9 +13,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
+from ltxserve.api.queue import lifecycle_seconds
 from ltxserve.api.urls import Urls
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore, StoredFile
@@ -43,7 +44,8 @@ def _download_type(content_type: str) -> str:
         "application/octet-stream"
 
 
-def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter:
+def build_storage_router(settings: Settings, store: JobStore) -> APIRouter:
+    # Uploads need a key when keys are configured (AuthMiddleware); the one-shot PUT's URL is its own capability.
     router = APIRouter(tags=["storage"])
     urls = Urls(settings)
 
@@ -60,15 +62,10 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
         return record
 
     def lifecycle_of(request: Request) -> int | None:
-        import json
-
         for header in ("x-fal-object-lifecycle", "x-fal-object-lifecycle-preference"):
             raw = request.headers.get(header)
             if raw:
-                try:
-                    return int(json.loads(raw)["expiration_duration_seconds"])
-                except (ValueError, KeyError, TypeError):
-                    return None
+                return lifecycle_seconds(raw)
         return None
 
     async def receive_into(record: StoredFile, request: Request) -> int:
@@ -85,8 +82,8 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
         await to_thread.run_sync(store.mark_file_complete, record.file_id, size)
         return size
 
-    @router.post("/storage/upload/initiate", response_model=UploadInitiateResponse, dependencies=[Depends(auth)])
-    @router.post("/storage/upload/initiate-multipart", include_in_schema=False, dependencies=[Depends(auth)])
+    @router.post("/storage/upload/initiate", response_model=UploadInitiateResponse)
+    @router.post("/storage/upload/initiate-multipart", include_in_schema=False)
     def initiate(body: UploadInitiateRequest, request: Request) -> UploadInitiateResponse:
         record = new_upload(body.content_type, body.file_name, lifecycle_of(request))
         return UploadInitiateResponse(upload_url=urls.upload(record.file_id),
@@ -101,7 +98,7 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
         return {"file_url": urls.file(record.file_id, record.file_name)}
 
     # The Python client's storage path (reachable when its REST/CDN URLs are pointed here).
-    @router.post("/storage/auth/token", include_in_schema=False, dependencies=[Depends(auth)])
+    @router.post("/storage/auth/token", include_in_schema=False)
     def cdn_token():
         expires = datetime.now(timezone.utc) + timedelta(hours=1)
         return {"token": uuid.uuid4().hex, "token_type": "Bearer", "base_url": urls.base,

@@ -83,7 +83,8 @@ def test_webhook_is_retried_signed_and_verifiable(live_server_factory):
     _Receiver.received = []
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    server = live_server_factory(env={"LTXSERVE_WEBHOOK_INITIAL_BACKOFF_SECONDS": "0.2"})
+    server = live_server_factory(env={"LTXSERVE_WEBHOOK_INITIAL_BACKOFF_SECONDS": "0.2",
+                                     "LTXSERVE_FETCH_ALLOW_PRIVATE_NETWORKS": "true"})  # a loopback receiver
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook?a=1"
     try:
         with server.client() as c:
