@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ltxserve.address_policy import AddressRefused, parse_http_url
@@ -50,7 +50,6 @@ def _http_url(value: str) -> str:
     return value
 
 
-Int = Annotated[int, BeforeValidator(_no_bool)]
 Text = Annotated[str, AfterValidator(_valid_text)]
 
 
@@ -85,20 +84,20 @@ class ImageToVideoInput(_Strict):
         default="720p", description="720p: 1280x720, 720x1280 or 720x720; 480p: 848x480, 480x848 or 480x480.")
     aspect_ratio: Literal["9:16", "1:1", "16:9", "auto"] = Field(
         default="auto", description="'auto' picks the aspect (16:9, 1:1 or 9:16) nearest the input image's.")
-    seed: Int | None = Field(default=None, ge=0, le=2**63 - 1,
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
                              description="Random seed; a random one is chosen and returned when omitted.")
-    num_frames: Int = Field(default=121, ge=9, le=1441, description=(
+    num_frames: int = Field(default=121, ge=9, le=1441, description=(
         "Frames to generate. The model works on 8k+1 frames: other counts are generated at the next 8k+1 and "
         "the extra frames are dropped."))
-    first_pass_num_inference_steps: Int = Field(default=30, ge=2, le=100)
-    first_pass_skip_final_steps: Int = Field(default=3, ge=0, le=99, description=(
+    first_pass_num_inference_steps: int = Field(default=30, ge=2, le=100)
+    first_pass_skip_final_steps: int = Field(default=3, ge=0, le=99, description=(
         "Final steps of the first pass replaced by one step to zero noise (the reference's "
         "skip_final_inference_steps)."))
-    second_pass_num_inference_steps: Int = Field(default=30, ge=2, le=100)
-    second_pass_skip_initial_steps: Int = Field(default=17, ge=0, le=99, description=(
+    second_pass_num_inference_steps: int = Field(default=30, ge=2, le=100)
+    second_pass_skip_initial_steps: int = Field(default=17, ge=0, le=99, description=(
         "Initial steps of the second pass skipped: the upsampled first pass is noised to the first remaining "
         "timestep (the reference's skip_initial_inference_steps)."))
-    frame_rate: Int = Field(default=30, ge=1, le=120, description="Frames per second of the output; it also "
+    frame_rate: int = Field(default=30, ge=1, le=120, description="Frames per second of the output; it also "
                                                                   "conditions the model.")
     expand_prompt: bool = Field(default=False, description="Expand the prompt with a language model (not yet "
                                                            "supported by this build: true fails with a clear error).")
@@ -106,14 +105,14 @@ class ImageToVideoInput(_Strict):
     enable_safety_checker: bool = Field(default=True, description=(
         "Accepted for compatibility; this build runs no safety checker and says so in the job logs."))
     image_url: Text = Field(min_length=1, description="The first frame: an http(s) URL or a data: URI.")
-    constant_rate_factor: Int = Field(default=35, ge=0, le=51, description=(
+    constant_rate_factor: int = Field(default=35, ge=0, le=51, description=(
         "H.264 CRF the input image is compressed with before conditioning (0 = no compression), as the "
         "reference does to match the look of video frames."))
     # --- ltxserve extensions ----------------------------------------------------------------------------------
-    width: Int | None = Field(default=None, ge=64, le=2048, description=(
+    width: int | None = Field(default=None, ge=64, le=2048, description=(
         "ltxserve extension: explicit output width, overriding resolution/aspect_ratio (needs height). Sides "
         "that are not multiples of 32 are padded for the model and cropped back."))
-    height: Int | None = Field(default=None, ge=64, le=2048, description="ltxserve extension: explicit output "
+    height: int | None = Field(default=None, ge=64, le=2048, description="ltxserve extension: explicit output "
                                                                          "height (needs width).")
 
     @model_validator(mode="after")
@@ -125,6 +124,13 @@ class ImageToVideoInput(_Strict):
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height go together")
         return self
+
+    @field_validator("seed", "num_frames", "first_pass_num_inference_steps", "first_pass_skip_final_steps",
+                     "second_pass_num_inference_steps", "second_pass_skip_initial_steps", "frame_rate",
+                     "constant_rate_factor", "width", "height", mode="before")
+    @classmethod
+    def _integers_are_not_booleans(cls, value: object) -> object:
+        return _no_bool(value)
 
     @field_validator("image_url")
     @classmethod
