@@ -57,4 +57,4 @@ class AuthMiddleware:
         if problem is None:
             return await self.app(scope, receive, send)
         await send_json(send, 401, {"detail": problem, "error_type": "unauthorized"},
-                        extra_headers=[(b"www-authenticate", b"Key")])
+                        extra_headers=[(b"www-authenticate", b"Key"), (b"x-fal-error-type", b"unauthorized")])

@@ -108,10 +108,11 @@ class BodyLimitMiddleware:
             if k == b"content-length":
                 try:
                     if int(v) > limit:
-                        return await send_json(send, 413, _too_large(limit), extra_headers=[(b"connection", b"close")])
+                        return await send_json(send, 413, _too_large(limit), extra_headers=_TOO_LARGE_HEADERS)
                 except ValueError:
                     return await send_json(send, 400, {"detail": "Invalid Content-Length", "error_type": "bad_request"},
-                                           extra_headers=[(b"connection", b"close")])
+                                           extra_headers=[(b"connection", b"close"),
+                                                          (b"x-fal-error-type", b"bad_request")])
         received = 0
         started = False
         answered = False
@@ -125,7 +126,7 @@ class BodyLimitMiddleware:
                     # Answer now: frameworks turn errors raised while reading the body into their own 400.
                     if not started and not answered:
                         answered = True
-                        await send_json(send, 413, _too_large(limit), extra_headers=[(b"connection", b"close")])
+                        await send_json(send, 413, _too_large(limit), extra_headers=_TOO_LARGE_HEADERS)
                     raise BodyTooLarge()
             return message
 
@@ -141,7 +142,11 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started and not answered:
-                await send_json(send, 413, _too_large(limit), extra_headers=[(b"connection", b"close")])
+                await send_json(send, 413, _too_large(limit), extra_headers=_TOO_LARGE_HEADERS)
+
+
+# The body was not read: the connection cannot carry another request, so say so.
+_TOO_LARGE_HEADERS = [(b"connection", b"close"), (b"x-fal-error-type", b"request_too_large")]
 
 
 def _too_large(limit: int) -> dict:

@@ -7,6 +7,7 @@ the PUT because @fal-ai/client sends none there.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -28,7 +29,8 @@ _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp",
 
 
 def _safe_name(name: str | None, content_type: str) -> str:
-    base = Path(name or "").name.replace("/", "_").replace("\\", "_").strip(". ")
+    """A client's file name reduced to letters, digits, '.', '_' and '-' (at most 128): safe on disk and in URLs."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name or "").name)[-128:].strip(". ")
     return base or ("upload" + _EXTENSIONS.get(content_type, ".bin"))
 
 

@@ -275,8 +275,9 @@ def _image_urls(base: str) -> st.SearchStrategy:
     )
 
 
-LORA_PATHS = st.sampled_from(["/etc/passwd", "../../etc/passwd", "file:///etc/passwd", "http://127.0.0.1:1/x.safetensors",
-                              "http://169.254.169.254/x.safetensors", "lora.safetensors", "C:\\x.safetensors"])
+LORA_PATHS = st.sampled_from(["/etc/passwd", "../../etc/passwd", "file:///etc/passwd", "lora.safetensors",
+                              "http://127.0.0.1:1/x.safetensors", "http://169.254.169.254/x.safetensors",
+                              "C:\\x.safetensors"])
 
 
 def test_fuzz_generations_complete_with_results_or_4xx(fuzz_server):

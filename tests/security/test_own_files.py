@@ -84,3 +84,21 @@ def test_lora_path_given_as_a_file_url_obeys_the_store(worker_side):
         loras.load(url, None, transformer=None)
     assert "top secret" not in str(exc.value) and str(secret) not in exc.value.message
     assert "no such file on this server" in exc.value.message
+
+
+@pytest.mark.parametrize("form", ["{secret}", "{secret_rel}", "file://{secret}", "{allowed}/../secret.png",
+                                  "{allowed}/link.safetensors", "~/../../{secret}"])
+def test_lora_local_paths_obey_lora_dirs_in_every_form(tmp_path, form):
+    from ltxserve.engine.contract import InputError
+    from ltxserve.engine.lora import LoraStore
+
+    allowed = tmp_path / "loras"
+    allowed.mkdir()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"top secret")
+    (allowed / "link.safetensors").symlink_to(secret)  # a link inside the folder pointing out of it
+    settings = Settings(data_dir=tmp_path / "data", lora_dirs=[allowed])
+    path = form.format(secret=secret, allowed=allowed, secret_rel="../" * 12 + str(secret).lstrip("/"))
+    with pytest.raises(InputError) as exc:
+        LoraStore(settings).load(path, None, transformer=None)
+    assert "not under an allowed LoRA folder" in exc.value.message
