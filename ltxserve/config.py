@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field(default="auto", description="auto | bf16 | fp16 | fp32 | fp8 (fp8: transformer weights only)")
     use_triton_kernels: bool = True
+    fp8_matmul: str = Field(
+        default="auto",
+        description="auto | scaled_mm | dequant: with --dtype fp8, multiply in fp8 (auto: on GPUs of compute "
+                    "capability 8.9+) or dequantize the fp8 weights to bf16 per layer (any device).",
+    )
     memory: str = Field(
         default="auto", description="auto | gpu | offload | sequential: where the model's components live (placement)."
     )

@@ -24,6 +24,7 @@ from ltxserve.engine.contract import EndpointSpec, load_specs
 from ltxserve.jobs.store import JobStore
 from ltxserve.jobs.webhooks import jwks, load_or_create_key
 from ltxserve.protocol import ERROR_INPUT_PREFIX, RETRYABLE_HEADER, model_error, retryable
+from ltxserve.web import add_playground
 
 log = logging.getLogger("ltxserve.api")
 
@@ -90,6 +91,7 @@ def create_app(settings: Settings, store: JobStore, specs: list[EndpointSpec] | 
     app.include_router(build_queue_router(service))
     app.include_router(build_run_router(service))
     app.include_router(build_storage_router(settings, store))
+    add_playground(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):
