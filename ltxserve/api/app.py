@@ -61,7 +61,8 @@ def _validation_detail(exc: RequestValidationError) -> list[dict]:
         kind = _FAL_TYPES.get(e.get("type", ""), e.get("type", "value_error"))
         ctx = {k: _short(v) if isinstance(v, (int, float, str, bool)) else _short(str(v))
                for k, v in (e.get("ctx") or {}).items()}
-        item = model_error(loc, str(_short(str(e.get("msg", ""))) or ""), kind, ctx or None)
+        msg = str(e.get("msg", ""))  # the server's words, but a custom message may quote a little input
+        item = model_error(loc, msg if len(msg) <= 300 else msg[:300] + "...", kind, ctx or None)
         if "input" in e and e.get("type") != "json_invalid" and not isinstance(e["input"], (dict, list)):
             short = _short(e["input"])
             if short is not None:
