@@ -105,3 +105,8 @@ class Settings(BaseSettings):
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.port}"
+
+    # --- issue 9: input images ------------------------------------------------------------------------------------
+    max_image_pixels: int = Field(
+        default=100_000_000, description="Largest input image (width x height) decoded; larger ones are refused "
+        "with 422 image_too_large before decoding. Decoding holds about 4 bytes per pixel.")

@@ -18,6 +18,7 @@ PRIORITY_HEADER = "x-fal-queue-priority"
 REQUEST_TIMEOUT_HEADER = "x-fal-request-timeout"
 LIFECYCLE_HEADER = "x-fal-object-lifecycle-preference"
 TARGET_URL_HEADER = "x-fal-target-url"
+RETRYABLE_HEADER = "x-fal-retryable"
 
 
 class QueueState(str, Enum):
@@ -157,11 +158,69 @@ class UploadInitiateResponse(BaseModel):
     file_url: str
 
 
-# error_type values, as fal names them
+# error_type values of request errors, as fal names them (docs: "Request Errors"), plus ltxserve's own three
+# (validation_error, request_cancelled, generation_error) that the queue has always reported.
 class ErrorType(str, Enum):
-    REQUEST_TIMEOUT = "request_timeout"
-    RUNNER_DISCONNECTED = "runner_disconnected"
-    INTERNAL_ERROR = "internal_error"
+    REQUEST_TIMEOUT = "request_timeout"  # 504
+    STARTUP_TIMEOUT = "startup_timeout"  # 504
+    RUNNER_SCHEDULING_FAILURE = "runner_scheduling_failure"  # 503
+    RUNNER_CONNECTION_TIMEOUT = "runner_connection_timeout"  # 503
+    RUNNER_DISCONNECTED = "runner_disconnected"  # 503
+    RUNNER_CONNECTION_REFUSED = "runner_connection_refused"  # 503
+    RUNNER_CONNECTION_ERROR = "runner_connection_error"  # 503
+    RUNNER_INCOMPLETE_RESPONSE = "runner_incomplete_response"  # 502
+    RUNNER_SERVER_ERROR = "runner_server_error"  # 500
+    CLIENT_DISCONNECTED = "client_disconnected"  # 499
+    CLIENT_CANCELLED = "client_cancelled"  # 499
+    BAD_REQUEST = "bad_request"  # 400
+    INTERNAL_ERROR = "internal_error"  # 500
+    REQUEST_TOO_LARGE = "request_too_large"  # 413 (ltxserve)
+    UNAUTHORIZED = "unauthorized"  # 401 (ltxserve)
     VALIDATION_ERROR = "validation_error"
     CANCELLED = "request_cancelled"
     GENERATION_ERROR = "generation_error"
+
+
+# `type` values of model errors (docs: "Model Errors"); each links to https://docs.fal.ai/errors#<type>.
+class ModelErrorType(str, Enum):
+    INTERNAL_SERVER_ERROR = "internal_server_error"  # 500, retryable
+    GENERATION_TIMEOUT = "generation_timeout"  # 504, retryable
+    DOWNSTREAM_SERVICE_ERROR = "downstream_service_error"
+    DOWNSTREAM_SERVICE_UNAVAILABLE = "downstream_service_unavailable"
+    CONTENT_POLICY_VIOLATION = "content_policy_violation"
+    IMAGE_TOO_SMALL = "image_too_small"  # ctx: min_width, min_height
+    IMAGE_TOO_LARGE = "image_too_large"  # ctx: max_width, max_height (ltxserve adds max_pixels)
+    IMAGE_LOAD_ERROR = "image_load_error"
+    FILE_DOWNLOAD_ERROR = "file_download_error"
+    FILE_TOO_LARGE = "file_too_large"  # ctx: max_size
+    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"
+    FEATURE_NOT_SUPPORTED = "feature_not_supported"
+    GREATER_THAN = "greater_than"
+    GREATER_THAN_EQUAL = "greater_than_equal"
+    LESS_THAN = "less_than"
+    LESS_THAN_EQUAL = "less_than_equal"
+    MULTIPLE_OF = "multiple_of"
+    SEQUENCE_TOO_SHORT = "sequence_too_short"
+    SEQUENCE_TOO_LONG = "sequence_too_long"
+    ONE_OF = "one_of"
+
+
+FAL_ERRORS_URL = "https://docs.fal.ai/errors"
+# Model error types a retry of the same request may cure (X-Fal-Retryable: true).
+RETRYABLE_MODEL_ERRORS = frozenset({"internal_server_error", "generation_timeout", "downstream_service_unavailable"})
+# Longest piece of a client's input an error body repeats.
+ERROR_INPUT_PREFIX = 64
+
+
+def model_error(loc: tuple | list, msg: str, type: str, ctx: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One Error object of a model error body: loc, msg, type, url (the type's documentation), optional ctx."""
+    item: dict[str, Any] = {"loc": list(loc), "msg": msg, "type": type, "url": f"{FAL_ERRORS_URL}#{type}"}
+    if ctx:
+        item["ctx"] = ctx
+    return item
+
+
+def retryable(detail: Any) -> str:
+    """X-Fal-Retryable for a model error body's detail list: true only when every error is a transient one."""
+    types = [d.get("type") for d in detail if isinstance(d, dict)] if isinstance(detail, list) else []
+    return "true" if types and all(t in RETRYABLE_MODEL_ERRORS for t in types) else "false"

@@ -7,6 +7,7 @@ status hot path pays no extra task per request.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from urllib.parse import urlsplit
 
@@ -14,12 +15,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ltxserve.protocol import REQUEST_ID_HEADER, TARGET_URL_HEADER
 
+log = logging.getLogger("ltxserve.api")
 
-async def send_json(send: Send, status: int, body: dict, request_id: str | None = None) -> None:
-    data = json.dumps(body).encode()
+
+async def send_json(send: Send, status: int, body: dict, request_id: str | None = None,
+                    extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    data = json.dumps(body, ensure_ascii=True).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     if request_id:
         headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+    headers.extend(extra_headers or [])
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
@@ -44,6 +49,38 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class CatchAllMiddleware:
+    """A bug in a handler answers 500 in fal's shape and the connection stays usable.
+
+    Starlette's own last-resort handler answers and then re-raises, and the server resets the keep-alive connection
+    without a `Connection: close`; here the error is logged and answered, and nothing is re-raised. Errors raised
+    after the response started cannot be answered any more: the connection is closed then, as it must be.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await send_json(send, 500, {"detail": "Internal server error", "error_type": "internal_error"},
+                            extra_headers=[(b"x-fal-error-type", b"internal_error"), (b"x-fal-retryable", b"true")])
 
 
 class BodyTooLarge(Exception):
@@ -71,9 +108,11 @@ class BodyLimitMiddleware:
             if k == b"content-length":
                 try:
                     if int(v) > limit:
-                        return await send_json(send, 413, _too_large(limit))
+                        return await send_json(send, 413, _too_large(limit), extra_headers=_TOO_LARGE_HEADERS)
                 except ValueError:
-                    return await send_json(send, 400, {"detail": "Invalid Content-Length"})
+                    return await send_json(send, 400, {"detail": "Invalid Content-Length", "error_type": "bad_request"},
+                                           extra_headers=[(b"connection", b"close"),
+                                                          (b"x-fal-error-type", b"bad_request")])
         received = 0
         started = False
         answered = False
@@ -87,7 +126,7 @@ class BodyLimitMiddleware:
                     # Answer now: frameworks turn errors raised while reading the body into their own 400.
                     if not started and not answered:
                         answered = True
-                        await send_json(send, 413, _too_large(limit))
+                        await send_json(send, 413, _too_large(limit), extra_headers=_TOO_LARGE_HEADERS)
                     raise BodyTooLarge()
             return message
 
@@ -103,7 +142,11 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started and not answered:
-                await send_json(send, 413, _too_large(limit))
+                await send_json(send, 413, _too_large(limit), extra_headers=_TOO_LARGE_HEADERS)
+
+
+# The body was not read: the connection cannot carry another request, so say so.
+_TOO_LARGE_HEADERS = [(b"connection", b"close"), (b"x-fal-error-type", b"request_too_large")]
 
 
 def _too_large(limit: int) -> dict:
@@ -141,11 +184,15 @@ class FalProxyMiddleware:
             if k == TARGET_URL_HEADER.encode():
                 target = v.decode("latin-1")
         if not target:
-            return await send_json(send, 400, {"detail": f"Missing the {TARGET_URL_HEADER} header"})
-        parts = urlsplit(target)
-        prefix = _PROXY_HOSTS.get((parts.hostname or "").lower())
-        if parts.scheme not in ("http", "https") or prefix is None:
-            return await send_json(send, 400, {"detail": f"Not a fal URL: {target}"})
+            return await send_json(send, 400, {"detail": f"Missing the {TARGET_URL_HEADER} header",
+                                               "error_type": "bad_request"})
+        try:
+            parts = urlsplit(target)
+            prefix = _PROXY_HOSTS.get((parts.hostname or "").lower())
+        except ValueError:
+            parts, prefix = None, None
+        if parts is None or parts.scheme not in ("http", "https") or prefix is None:
+            return await send_json(send, 400, {"detail": f"Not a fal URL: {target[:64]}", "error_type": "bad_request"})
         path = prefix + (parts.path or "/")
         inner = dict(scope)
         inner["path"] = path

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 import uuid
 from typing import Any, AsyncIterator
 
 from anyio import to_thread
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
+from ltxserve import address_policy
+from ltxserve.address_policy import AddressRefused
 from ltxserve.api.urls import Urls
 from ltxserve.config import Settings
 from ltxserve.engine.contract import EndpointSpec
@@ -27,6 +30,7 @@ from ltxserve.protocol import (
     LIFECYCLE_HEADER,
     PRIORITY_HEADER,
     REQUEST_TIMEOUT_HEADER,
+    RETRYABLE_HEADER,
     CancelResponse,
     CompletedStatus,
     InProgressStatus,
@@ -34,9 +38,16 @@ from ltxserve.protocol import (
     QueuedStatus,
     QueueState,
     SubmitResponse,
+    model_error,
+    retryable,
 )
 
 _REQUEST_ID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def _echo(text: str) -> str:
+    """What of a client's path an error repeats: a short prefix."""
+    return text if len(text) <= 64 else text[:64] + "..."
 
 
 def parse_logs_flag(value: str | None) -> bool:
@@ -50,8 +61,8 @@ def parse_priority(value: str | None) -> Priority:
     try:
         return Priority(value.strip().lower())
     except ValueError:
-        raise HTTPException(422, detail=[{"loc": ["header", PRIORITY_HEADER], "msg": "must be 'normal' or 'low'",
-                                          "type": "enum"}])
+        raise HTTPException(422, detail=[model_error(("header", PRIORITY_HEADER), "must be 'normal' or 'low'",
+                                                     "one_of", {"expected": "'normal', 'low'"})])
 
 
 def parse_start_timeout(value: str | None) -> float | None:
@@ -61,9 +72,9 @@ def parse_start_timeout(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
-        raise HTTPException(422, detail=[{"loc": ["header", REQUEST_TIMEOUT_HEADER],
-                                          "msg": "must be a positive number of seconds", "type": "value_error"}])
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise HTTPException(422, detail=[model_error(("header", REQUEST_TIMEOUT_HEADER),
+                                                     "must be a positive number of seconds", "value_error")])
     return seconds
 
 
@@ -71,13 +82,26 @@ def parse_lifecycle(value: str | None, default_seconds: int) -> int | None:
     """X-Fal-Object-Lifecycle-Preference may only shorten retention."""
     if not value:
         return None
-    try:
-        seconds = int(json.loads(value)["expiration_duration_seconds"])
-    except (ValueError, KeyError, TypeError):
-        raise HTTPException(422, detail=[{"loc": ["header", LIFECYCLE_HEADER],
-                                          "msg": "expected JSON {\"expiration_duration_seconds\": N}",
-                                          "type": "value_error"}])
+    seconds = lifecycle_seconds(value)
+    if seconds is None:
+        raise HTTPException(422, detail=[model_error(("header", LIFECYCLE_HEADER),
+                                                     "expected JSON {\"expiration_duration_seconds\": N}, N a positive"
+                                                     " whole number of seconds", "value_error")])
     return max(1, min(seconds, default_seconds))
+
+
+def lifecycle_seconds(value: str) -> int | None:
+    """N of '{"expiration_duration_seconds": N}' (a positive integer), else None: never an exception (1e999, NaN)."""
+    try:
+        doc = json.loads(value)
+        seconds = doc["expiration_duration_seconds"] if isinstance(doc, dict) else None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return None
+    if seconds != int(seconds) or seconds <= 0:
+        return None
+    return int(min(seconds, 2**31))
 
 
 class QueueService:
@@ -93,10 +117,14 @@ class QueueService:
     def new_job(self, spec: EndpointSpec, inp: BaseModel, request: Request, *, sync: bool) -> Job:
         h = request.headers
         timeout = parse_start_timeout(h.get(REQUEST_TIMEOUT_HEADER))
-        webhook = request.query_params.get("fal_webhook") if not sync else None
-        if webhook and not webhook.startswith(("http://", "https://")):
-            raise HTTPException(422, detail=[{"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL",
-                                              "type": "value_error"}])
+        webhook = (request.query_params.get("fal_webhook") or None) if not sync else None
+        if webhook is not None:
+            # The outbound address policy, now (422) and again at each delivery (DNS may change in between).
+            try:
+                address_policy.check_url(webhook, allow_private=self.settings.fetch_allow_private_networks)
+            except AddressRefused as exc:
+                raise HTTPException(422, detail=[model_error(("query", "fal_webhook"), f"fal_webhook: {exc}",
+                                                             "value_error")])
         now = time.time()
         return Job(
             request_id=str(uuid.uuid4()), endpoint_id=spec.endpoint_id, owner=spec.owner, app=spec.app,
@@ -109,12 +137,12 @@ class QueueService:
     def find(self, owner: str, app: str, request_id: str, *, view: bool = False) -> Job:
         """The job, or fal's 404. `view` reads only what a status answer needs (the polling hot path)."""
         if (owner, app) not in self.apps:
-            raise HTTPException(404, detail=f"Application '{owner}/{app}' not found")
+            raise HTTPException(404, detail=f"Application '{_echo(owner)}/{_echo(app)}' not found")
         if not _REQUEST_ID.match(request_id):
-            raise HTTPException(404, detail=f"Request '{request_id}' not found")
+            raise HTTPException(404, detail=f"Request '{_echo(request_id)}' not found")
         job = self.store.status_view(request_id) if view else self.store.get(request_id)
         if job is None or job.owner != owner or job.app != app:
-            raise HTTPException(404, detail=f"Request '{request_id}' not found")
+            raise HTTPException(404, detail=f"Request '{_echo(request_id)}' not found")
         return job
 
     def status_document(self, job: Job, with_logs: bool) -> tuple[int, dict[str, Any]]:
@@ -140,14 +168,19 @@ class QueueService:
     @staticmethod
     def result_response(job: Job) -> JSONResponse:
         if job.error is not None:
-            return JSONResponse(job.error_body or {"detail": job.error, "error_type": job.error_type},
-                                status_code=job.status_code or 500,
-                                headers={"x-fal-error-type": job.error_type or "internal_error"})
+            body = job.error_body or {"detail": job.error, "error_type": job.error_type}
+            headers = {"x-fal-error-type": job.error_type or "internal_error"}
+            if isinstance(body.get("detail"), list):  # a model error: retryable when every error is transient
+                headers[RETRYABLE_HEADER] = retryable(body["detail"])
+            else:  # a request error: the runner's failures may pass; timeouts, cancels and bad input do not
+                headers[RETRYABLE_HEADER] = "true" if (job.error_type or "").startswith(
+                    ("runner_", "internal_")) else "false"
+            return JSONResponse(body, status_code=job.status_code or 500, headers=headers)
         return JSONResponse(job.result)
 
 
-def build_queue_router(service: QueueService, auth) -> APIRouter:
-    router = APIRouter(prefix="/queue", dependencies=[Depends(auth)])
+def build_queue_router(service: QueueService) -> APIRouter:
+    router = APIRouter(prefix="/queue")  # authenticated by AuthMiddleware, before the body is read
 
     @router.get("/{owner}/{app}/requests/{request_id}/status", tags=["queue"],
                 response_model=QueuedStatus | InProgressStatus | CompletedStatus,
@@ -220,7 +253,7 @@ def add_unknown_app_routes(router: APIRouter) -> None:
     @router.post("/{owner}/{app}/{path:path}", include_in_schema=False)
     def unknown_app(owner: str, app: str, path: str = ""):
         full = "/".join(p for p in (owner, app, path) if p)
-        raise HTTPException(404, detail=f"Application '{full}' not found")
+        raise HTTPException(404, detail=f"Application '{_echo(full)}' not found")
 
 
 def _add_submit_route(router: APIRouter, service: QueueService, spec: EndpointSpec) -> None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 
 from anyio import to_thread
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Request
 
 from ltxserve.api.queue import QueueService, add_unknown_app_routes
 from ltxserve.engine.contract import EndpointSpec
 from ltxserve.protocol import QueueState
 
 
-def build_run_router(service: QueueService, auth) -> APIRouter:
-    router = APIRouter(prefix="/run", dependencies=[Depends(auth)])
+def build_run_router(service: QueueService) -> APIRouter:
+    router = APIRouter(prefix="/run")  # authenticated by AuthMiddleware, before the body is read
     for spec in service.specs:
         _add_run_route(router, service, spec)
     add_unknown_app_routes(router)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
+import threading
 
 import uvicorn
 
@@ -57,12 +59,48 @@ def serve(settings: Settings) -> None:
     supervisor.start()
     log.info("ltxserve listening on %s (queue: %s/queue, run: %s/run)", settings.base_url(), settings.base_url(),
              settings.base_url())
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_graceful_shutdown=SHUTDOWN_DRAIN_SECONDS,
+    )
+    server = _Server(config, on_exit=lambda: supervisor.stop(grace_seconds=WORKER_GRACE_SECONDS))
+    # uvicorn re-raises the SIGTERM it caught once it has drained; with the default action that would kill this
+    # process before the workers are stopped and their jobs re-queued. Handled (as nothing) it lets `finally` run.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        uvicorn.run(
-            app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-            timeout_graceful_shutdown=5,
-        )
+        server.run()
     finally:
-        supervisor.stop()
+        server.stop_workers()
+
+
+# SIGTERM must end `serve` within docker's 10 s grace period: open connections (status streams, /run waits) get
+# SHUTDOWN_DRAIN_SECONDS while, at the same time, workers get WORKER_GRACE_SECONDS to stop before they are killed;
+# the jobs they held go back to the queue for the next start.
+SHUTDOWN_DRAIN_SECONDS = 3
+WORKER_GRACE_SECONDS = 4.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopping the workers as soon as the exit signal arrives rather than after the drain."""
+
+    def __init__(self, config: uvicorn.Config, on_exit):
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._stopper: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        self._start_stopper()
+
+    def _start_stopper(self) -> None:
+        with self._lock:
+            if self._stopper is None:
+                self._stopper = threading.Thread(target=self._on_exit, name="stop-workers", daemon=True)
+                self._stopper.start()
+
+    def stop_workers(self) -> None:
+        self._start_stopper()
+        self._stopper.join()

@@ -7,30 +7,47 @@ the PUT because @fal-ai/client sends none there.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
+from ltxserve.api.queue import lifecycle_seconds
 from ltxserve.api.urls import Urls
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore, StoredFile
 from ltxserve.protocol import UploadInitiateRequest, UploadInitiateResponse
+from ltxserve.stored_files import stored_file
 
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4",
                "application/octet-stream": ".bin"}
 
 
 def _safe_name(name: str | None, content_type: str) -> str:
-    base = Path(name or "").name.replace("/", "_").replace("\\", "_").strip(". ")
+    """A client's file name reduced to letters, digits, '.', '_' and '-' (at most 128): safe on disk and in URLs."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name or "").name)[-128:].strip(". ")
     return base or ("upload" + _EXTENSIONS.get(content_type, ".bin"))
 
 
-def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter:
+def _is_media(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
+    return kind.startswith(("image/", "video/", "audio/")) and kind != "image/svg+xml"
+
+
+def _download_type(content_type: str) -> str:
+    """Non-media is served as what it claims only when it is plainly inert; otherwise as bytes."""
+    kind = content_type.split(";")[0].strip().lower()
+    return content_type if kind in ("text/plain", "application/json", "application/octet-stream") else \
+        "application/octet-stream"
+
+
+def build_storage_router(settings: Settings, store: JobStore) -> APIRouter:
+    # Uploads need a key when keys are configured (AuthMiddleware); the one-shot PUT's URL is its own capability.
     router = APIRouter(tags=["storage"])
     urls = Urls(settings)
 
@@ -47,15 +64,10 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
         return record
 
     def lifecycle_of(request: Request) -> int | None:
-        import json
-
         for header in ("x-fal-object-lifecycle", "x-fal-object-lifecycle-preference"):
             raw = request.headers.get(header)
             if raw:
-                try:
-                    return int(json.loads(raw)["expiration_duration_seconds"])
-                except (ValueError, KeyError, TypeError):
-                    return None
+                return lifecycle_seconds(raw)
         return None
 
     async def receive_into(record: StoredFile, request: Request) -> int:
@@ -72,8 +84,8 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
         await to_thread.run_sync(store.mark_file_complete, record.file_id, size)
         return size
 
-    @router.post("/storage/upload/initiate", response_model=UploadInitiateResponse, dependencies=[Depends(auth)])
-    @router.post("/storage/upload/initiate-multipart", include_in_schema=False, dependencies=[Depends(auth)])
+    @router.post("/storage/upload/initiate", response_model=UploadInitiateResponse)
+    @router.post("/storage/upload/initiate-multipart", include_in_schema=False)
     def initiate(body: UploadInitiateRequest, request: Request) -> UploadInitiateResponse:
         record = new_upload(body.content_type, body.file_name, lifecycle_of(request))
         return UploadInitiateResponse(upload_url=urls.upload(record.file_id),
@@ -88,7 +100,7 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
         return {"file_url": urls.file(record.file_id, record.file_name)}
 
     # The Python client's storage path (reachable when its REST/CDN URLs are pointed here).
-    @router.post("/storage/auth/token", include_in_schema=False, dependencies=[Depends(auth)])
+    @router.post("/storage/auth/token", include_in_schema=False)
     def cdn_token():
         expires = datetime.now(timezone.utc) + timedelta(hours=1)
         return {"token": uuid.uuid4().hex, "token_type": "Bearer", "base_url": urls.base,
@@ -105,16 +117,16 @@ def build_storage_router(settings: Settings, store: JobStore, auth) -> APIRouter
     @router.get("/files/{file_id}")
     @router.get("/files/{file_id}/{file_name}")
     def get_file(file_id: str, file_name: str | None = None):
-        record = store.get_file(file_id)
-        if record is None or not record.complete or (file_name is not None and file_name != record.file_name):
+        found = stored_file(store, settings.files_dir, file_id, file_name)
+        if found is None:
             raise HTTPException(404, detail="File not found")
-        if record.expires_at is not None and record.expires_at <= time.time():
-            raise HTTPException(404, detail="File expired")
-        path = settings.files_dir / record.path
-        if not path.is_file():
-            raise HTTPException(404, detail="File not found")
+        record, path = found
+        # Media is shown inline; anything else (an upload's client-chosen type: text/html, svg...) is a download,
+        # and nosniff stops a browser from guessing a type the server did not send.
+        inline = _is_media(record.content_type)
         # FileResponse answers Range requests with 206 and Content-Range (Starlette >= 0.39).
-        return FileResponse(path, media_type=record.content_type, filename=record.file_name,
-                            content_disposition_type="inline")
+        return FileResponse(path, media_type=record.content_type if inline else _download_type(record.content_type),
+                            filename=record.file_name, content_disposition_type="inline" if inline else "attachment",
+                            headers={"X-Content-Type-Options": "nosniff"})
 
     return router

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from ltxserve.config import Settings
 
 
@@ -19,7 +21,7 @@ class Urls:
         return self.request(owner, app, request_id) + "/cancel"
 
     def file(self, file_id: str, file_name: str) -> str:
-        return f"{self.base}/files/{file_id}/{file_name}"
+        return f"{self.base}/files/{file_id}/{quote(file_name, safe='')}"
 
     def upload(self, file_id: str) -> str:
         return f"{self.base}/storage/upload/{file_id}"

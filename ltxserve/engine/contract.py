@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from ltxserve.protocol import File
+from ltxserve.protocol import File, model_error
 
 if TYPE_CHECKING:
     from ltxserve.config import Settings
@@ -124,13 +124,15 @@ class InputError(EndpointError):
     error_type = "validation_error"
     status_code = 422
 
-    def __init__(self, message: str, *, loc: tuple[str | int, ...] = ("body",), type: str = "value_error"):
+    def __init__(self, message: str, *, loc: tuple[str | int, ...] = ("body",), type: str = "value_error",
+                 ctx: dict[str, Any] | None = None):
         super().__init__(message)
         self.loc = list(loc)
         self.type = type
+        self.ctx = ctx
 
     def body(self) -> dict[str, Any]:
-        return {"detail": [{"loc": self.loc, "msg": self.message, "type": self.type}]}
+        return {"detail": [model_error(self.loc, self.message, self.type, self.ctx)]}
 
 
 class JobCancelled(Exception):

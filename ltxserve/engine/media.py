@@ -17,22 +17,54 @@ from ltxserve.config import Settings
 from ltxserve.engine.contract import InputError
 from ltxserve.engine.net import FetchError, fetch_bytes
 
-Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs (a 8000x8000 image is plenty)
+# The pixel limit is ours (settings.max_image_pixels), checked from the header before anything is decoded.
+Image.MAX_IMAGE_PIXELS = None
+
+MIN_IMAGE_SIDE = 8  # smaller sides cannot be cropped, blurred and compressed into a conditioning frame
 
 
 def fetch_image(url: str, settings: Settings, *, field: str = "image_url") -> Image.Image:
-    """The image behind an http(s) URL or a data: URI, as RGB; a clear 422-style error otherwise."""
+    """The image behind an http(s) URL or a data: URI, as RGB; fal's typed 422 otherwise.
+
+    The size is read from the header and checked before decoding, so memory is bounded by the pixel limit (about
+    4 bytes per pixel while decoding); images are reduced before any float conversion (prepare_conditioning_image).
+    """
+    loc = ("body", field)
     try:
         data = fetch_bytes(url, settings)
     except FetchError as exc:
-        raise InputError(f"Could not fetch {field}: {exc}", loc=("body", field)) from None
+        raise InputError(f"Could not fetch {field}: {exc}", loc=loc, type=exc.kind) from None
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise InputError(f"{field} is not a readable image", loc=loc, type="image_load_error") from None
+    limit = settings.max_image_pixels
+    if width * height > limit:
+        side = int(limit ** 0.5)
+        raise InputError(f"{field} is too large: {width}x{height} pixels, the limit is {limit} pixels",
+                         loc=loc, type="image_too_large",
+                         ctx={"max_pixels": limit, "max_width": side, "max_height": side})
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"{field} is too small: {width}x{height} pixels, each side needs at least "
+                         f"{MIN_IMAGE_SIDE}", loc=loc, type="image_too_small",
+                         ctx={"min_width": MIN_IMAGE_SIDE, "min_height": MIN_IMAGE_SIDE})
+    try:
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{field} is not a readable image: {exc}", loc=("body", field)) from None
-    # As the reference: no EXIF orientation is applied, only a conversion to RGB.
-    return image.convert("RGB")
+        # As the reference: no EXIF orientation is applied, only a conversion to RGB.
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        raise InputError(f"{field} is not a readable image", loc=loc, type="image_load_error") from None
+
+
+def reduction_factor(width: int, height: int, out_width: int, out_height: int) -> int:
+    """How much a (cropped) image may be shrunk by integer box reduction and stay at least 1.5x the output's size.
+
+    Each pass resizes the conditioning image to its own resolution, and the second pass works at up to about 1.3x
+    the output, so 1.5x loses nothing the model sees. An image less than 3x the output in either dimension is
+    never reduced, so the conditioning of ordinary images stays bit-identical to the reference's.
+    """
+    return max(1, min(width * 2 // (3 * out_width), height * 2 // (3 * out_height)))
 
 
 # --- conditioning image: crop, blur, CRF, pad (ltx_video/inference.py load_image_to_tensor_with_resize_and_crop) --
@@ -90,8 +122,16 @@ def crf_compress(image_hwc: torch.Tensor, crf: int) -> torch.Tensor:
 def prepare_conditioning_image(image: Image.Image, width: int, height: int, padding: tuple[int, int, int, int],
                                crf: int) -> torch.Tensor:
     """(1, 3, 1, h, w) in [-1, 1]: centre-cropped to the output's aspect at the source resolution (no resize: each
-    pass resizes it), blurred, CRF-compressed, zero-padded by the output's padding."""
+    pass resizes it), blurred, CRF-compressed, zero-padded by the output's padding. A source at least 3x the output
+    in both dimensions is first box-reduced by an integer factor (reduction_factor), which bounds memory."""
     cropped = center_crop_to_aspect(image, width, height)
+    if min(cropped.size) < 2:
+        raise InputError(f"image_url is too small for a {width}x{height} output once cropped to its aspect",
+                         loc=("body", "image_url"), type="image_too_small",
+                         ctx={"min_width": MIN_IMAGE_SIDE, "min_height": MIN_IMAGE_SIDE})
+    factor = reduction_factor(*cropped.size, width, height)
+    if factor > 1:  # a photo far larger than the output: shrink it while it is still 8-bit, before any float
+        cropped = cropped.reduce(factor)
     tensor = torch.from_numpy(np.array(cropped, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div(255)
     tensor = gaussian_blur(tensor, kernel_size=3, sigma=1.0)
     tensor = crf_compress(tensor.permute(1, 2, 0), crf).permute(2, 0, 1) * 255.0

@@ -1,27 +1,45 @@
 """Fetching user-supplied URLs safely: data: URIs and http(s) with size and time limits and no private networks.
 
-Reused for every URL a request can carry (image_url now, LoRA files later). Each redirect hop is checked again, and
-the host's resolved addresses must all be public unless settings allow private networks (a server inside a company
-network must not become a proxy into it).
+Reused for every URL a request can carry (image_url, LoRA files). Every hop (redirects included) goes through the
+one outbound address policy (ltxserve.address_policy): resolved once, checked, and connected to the checked address.
+A URL naming one of this server's own files is read through the lookup the worker installs (by file id, through the
+store), never by joining the URL's path onto a folder; one that names no stored file fails without saying anything
+about the disk.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
-import socket
 import time
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from pathlib import Path
+from typing import Callable
+from urllib.parse import unquote_to_bytes, urljoin
 
 import httpx
 
+from ltxserve import address_policy
+from ltxserve.address_policy import AddressRefused
 from ltxserve.config import Settings
 
 MAX_REDIRECTS = 5
 
+# url -> Path of a stored file of this server, False for this server's file URL naming no stored file, None for
+# any other URL. Installed by the worker process (install_own_file_lookup); none in offline use.
+OwnFileLookup = Callable[[str], "Path | bool | None"]
+_own_file_lookup: OwnFileLookup | None = None
+
 
 class FetchError(Exception):
-    pass
+    """`kind` is fal's error type for it: file_download_error (unreachable, refused, too large...)."""
+
+    def __init__(self, message: str, kind: str = "file_download_error"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def install_own_file_lookup(lookup: OwnFileLookup | None) -> None:
+    global _own_file_lookup
+    _own_file_lookup = lookup
 
 
 def decode_data_uri(uri: str, max_bytes: int) -> bytes:
@@ -33,38 +51,23 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
         raise FetchError(f"data: URI larger than {max_bytes} bytes")
     try:
         data = base64.b64decode(payload, validate=False) if header.endswith(";base64") else unquote_to_bytes(payload)
-    except ValueError as exc:
-        raise FetchError(f"malformed data: URI ({exc})") from None
+    except ValueError:
+        raise FetchError("malformed data: URI (bad base64)") from None
     if len(data) > max_bytes:
         raise FetchError(f"data: URI larger than {max_bytes} bytes")
     return data
 
 
-def check_host(host: str, port: int, allow_private: bool) -> None:
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise FetchError(f"cannot resolve {host}: {exc.strerror}") from None
-    if allow_private:
-        return
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise FetchError(f"{host} resolves to a non-public address ({address}); refused")
-
-
-def read_own_file(url: str, settings: Settings, limit: int) -> bytes | None:
-    """A URL this server handed out (an upload, an earlier output) is read from disk, not fetched over HTTP:
-    no network hop, and the private-network guard does not refuse the server's own address."""
-    prefix = settings.base_url() + "/files/"
-    if not url.startswith(prefix):
+def read_own_file(url: str, limit: int) -> bytes | None:
+    """A URL this server handed out (an upload, an earlier output), read by id through the store; None otherwise."""
+    if _own_file_lookup is None:
         return None
-    parts = urlsplit(url).path.split("/files/", 1)[1].split("/")
-    if len(parts) != 2 or not all(p and p not in (".", "..") for p in parts):
-        raise FetchError("malformed file URL")
-    path = settings.files_dir / parts[0] / unquote_to_bytes(parts[1]).decode()
-    if not path.is_file():
-        raise FetchError("no such file on this server (expired or never uploaded)")
+    found = _own_file_lookup(url)
+    if found is None:
+        return None
+    if found is False:
+        raise FetchError("no such file on this server (expired, never uploaded, or not a file URL)")
+    path = Path(found)
     if path.stat().st_size > limit:
         raise FetchError(f"larger than {limit} bytes")
     return path.read_bytes()
@@ -74,24 +77,23 @@ def fetch_bytes(url: str, settings: Settings, *, max_bytes: int | None = None) -
     limit = max_bytes or settings.fetch_max_bytes
     if url.startswith("data:"):
         return decode_data_uri(url, limit)
-    own = read_own_file(url, settings, limit)
+    own = read_own_file(url, limit)
     if own is not None:
         return own
     deadline = time.monotonic() + settings.fetch_timeout_seconds
     with httpx.Client(timeout=settings.fetch_timeout_seconds, follow_redirects=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise FetchError("only http(s) URLs and data: URIs are accepted")
-            check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                       settings.fetch_allow_private_networks)
             try:
-                with client.stream("GET", url, headers={"User-Agent": "ltxserve"}) as response:
+                target = address_policy.check_url(url, allow_private=settings.fetch_allow_private_networks)
+            except AddressRefused as exc:
+                raise FetchError(str(exc)) from None
+            try:
+                with client.stream("GET", target.url, **_with_agent(target.httpx_kwargs())) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
                     if response.status_code != 200:
-                        raise FetchError(f"HTTP {response.status_code} from {parts.hostname}")
+                        raise FetchError(f"HTTP {response.status_code} from {target.server_name}")
                     declared = response.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > limit:
                         raise FetchError(f"larger than {limit} bytes")
@@ -105,5 +107,10 @@ def fetch_bytes(url: str, settings: Settings, *, max_bytes: int | None = None) -
                         chunks.append(chunk)
                     return b"".join(chunks)
             except httpx.HTTPError as exc:
-                raise FetchError(f"{type(exc).__name__}: {exc}") from None
+                raise FetchError(f"could not download ({type(exc).__name__})") from None
     raise FetchError("too many redirects")
+
+
+def _with_agent(kwargs: dict) -> dict:
+    kwargs["headers"]["User-Agent"] = "ltxserve"
+    return kwargs

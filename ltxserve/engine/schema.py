@@ -5,9 +5,12 @@ Torch-free: the API imports this module to validate submissions and to publish t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from ltxserve.address_policy import AddressRefused, parse_http_url
 
 from ltxserve.engine.contract import EndpointSpec
 from ltxserve.protocol import File
@@ -16,17 +19,63 @@ ENDPOINT_ID = "fal-ai/ltx-video-13b-dev/image-to-video"
 DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
 
 
-class LoraWeight(BaseModel):
-    path: str = Field(description="URL, Hugging Face repo id or local path of a LoRA in .safetensors format.")
-    weight_name: str | None = Field(default=None, description="File inside the repository, when it holds several.")
+def _no_bool(value: object) -> object:
+    """JSON true/false is not a number here (pydantic's lax mode would take true as 1)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+    return value
+
+
+def _valid_text(value: str) -> str:
+    """Text must be encodable Unicode: a lone surrogate (valid JSON "\\ud800") would break the tokenizer later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("string_unicode", "Input should be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("string_too_short", "Input should not be blank")
+    return value
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host and a valid port (an address check happens when it is fetched)."""
+    try:
+        parse_http_url(value)
+    except AddressRefused as exc:
+        raise PydanticCustomError("value_error", "Invalid URL: {reason}", {"reason": str(exc)}) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]
+
+
+class _Strict(BaseModel):
+    # No unknown keys anywhere (a misspelt "sclae" is an error, not a silent default); no NaN or infinities.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class LoraWeight(_Strict):
+    path: Text = Field(min_length=1, max_length=2048,
+                       description="URL, Hugging Face repo id or local path of a LoRA in .safetensors format.")
+    weight_name: Text | None = Field(default=None, max_length=512,
+                                     description="File inside the repository, when it holds several.")
     scale: float = Field(default=1.0, ge=-4.0, le=4.0, description="Strength of the LoRA.")
 
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        return _http_url(value) if value.startswith(("http://", "https://")) else value
 
-class ImageToVideoInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=10_000, description="Text describing the video.")
-    negative_prompt: str = Field(default=DEFAULT_NEGATIVE_PROMPT, max_length=10_000,
+class ImageToVideoInput(_Strict):
+
+    prompt: Annotated[Text, AfterValidator(_not_blank)] = Field(min_length=1, max_length=10_000,
+                                                                description="Text describing the video.")
+    negative_prompt: Text = Field(default=DEFAULT_NEGATIVE_PROMPT, max_length=10_000,
                                  description="What the video should not show.")
     loras: list[LoraWeight] = Field(default_factory=list, max_length=8, description=(
         "LoRAs to apply in both passes: https URL, Hugging Face repo id (owner/name[@revision] with weight_name) or a "
@@ -55,7 +104,7 @@ class ImageToVideoInput(BaseModel):
     reverse_video: bool = Field(default=False, description="Reverse the frame order of the output.")
     enable_safety_checker: bool = Field(default=True, description=(
         "Accepted for compatibility; this build runs no safety checker and says so in the job logs."))
-    image_url: str = Field(min_length=1, description="The first frame: an http(s) URL or a data: URI.")
+    image_url: Text = Field(min_length=1, description="The first frame: an http(s) URL or a data: URI.")
     constant_rate_factor: int = Field(default=35, ge=0, le=51, description=(
         "H.264 CRF the input image is compressed with before conditioning (0 = no compression), as the "
         "reference does to match the look of video frames."))
@@ -76,12 +125,21 @@ class ImageToVideoInput(BaseModel):
             raise ValueError("width and height go together")
         return self
 
+    @field_validator("seed", "num_frames", "first_pass_num_inference_steps", "first_pass_skip_final_steps",
+                     "second_pass_num_inference_steps", "second_pass_skip_initial_steps", "frame_rate",
+                     "constant_rate_factor", "width", "height", mode="before")
+    @classmethod
+    def _integers_are_not_booleans(cls, value: object) -> object:
+        return _no_bool(value)
+
     @field_validator("image_url")
     @classmethod
     def _check_image_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://", "data:")):
+        if value.startswith("data:"):
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("image_url must be an http(s) URL or a data: URI")
-        return value
+        return _http_url(value)
 
 
 class ImageToVideoOutput(BaseModel):

@@ -287,10 +287,16 @@ class SqliteJobStore(JobStore):
         status_code: int = 200, inference_time: float | None = None,
     ) -> bool:
         row = db.execute(
-            "SELECT state, retention_seconds FROM jobs WHERE request_id = ?", (request_id,)
+            "SELECT state, retention_seconds, cancel_requested FROM jobs WHERE request_id = ?", (request_id,)
         ).fetchone()
         if row is None or row["state"] == QueueState.COMPLETED.value:
             return False
+        if row["cancel_requested"] and error_type != ErrorType.CANCELLED.value:
+            # A cancel answered 202 wins over whatever the worker finished with in the meantime (same transaction
+            # as the check in request_cancel, so the two can never both succeed).
+            result = None
+            error, error_type, error_body, status_code = (cancelled_outcome()[k] for k in
+                                                          ("error", "error_type", "error_body", "status_code"))
         retention = row["retention_seconds"]
         if retention is None:
             retention = self.default_retention_seconds

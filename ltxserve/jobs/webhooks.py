@@ -14,6 +14,9 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 
 import httpx
@@ -21,8 +24,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ltxserve import address_policy
+from ltxserve.address_policy import AddressRefused
 from ltxserve.config import Settings
-from ltxserve.jobs.store import JobStore
+from ltxserve.jobs.store import JobStore, WebhookDelivery
 
 log = logging.getLogger("ltxserve.webhooks")
 
@@ -113,50 +118,95 @@ def verify(jwks_doc: dict, headers: dict, body: bytes, *, max_skew_seconds: floa
 
 
 class WebhookDeliverer:
-    """Delivers due webhooks with exponential backoff; every attempt is recorded in the store."""
+    """Delivers due webhooks with exponential backoff; every attempt is recorded in the store.
 
-    def __init__(self, store: JobStore, settings: Settings, key: Ed25519PrivateKey | None = None):
+    Deliveries run concurrently on a small thread pool, at most `per_receiver` at a time to one receiver (scheme,
+    host, port), so one slow or dead receiver holds only its own slots and never delays everyone else's webhooks.
+    Each attempt goes through the outbound address policy again (the URL was checked at submit, but DNS may have
+    changed since): a refused address is given up at once.
+    """
+
+    def __init__(self, store: JobStore, settings: Settings, key: Ed25519PrivateKey | None = None, *,
+                 max_in_flight: int = 16, per_receiver: int = 2):
         self.store = store
         self.settings = settings
         self.key = key or load_or_create_key(settings.data_dir)
+        self.per_receiver = per_receiver
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="webhook")
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._receivers: Counter[str] = Counter()
 
     def backoff(self, attempts_so_far: int) -> float:
         delay = self.settings.webhook_initial_backoff_seconds * (2 ** attempts_so_far)
         return min(delay, self.settings.webhook_max_backoff_seconds)
 
-    def run_once(self, now: float | None = None) -> int:
-        """Attempt every due delivery once; returns how many were attempted."""
-        due = self.store.due_webhooks(now)
-        for d in due:
-            headers = {"Content-Type": "application/json", "User-Agent": "ltxserve-webhook"}
-            headers.update(sign_headers(self.key, d.request_id, self.settings.webhook_user_id, d.body))
-            error: str | None = None
-            try:
-                response = self._client.post(d.url, content=d.body, headers=headers)
-                ok = 200 <= response.status_code < 300
-                if not ok:
-                    error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                ok, error = False, f"{type(exc).__name__}: {exc}"
-            attempts = d.attempts + 1
-            if ok:
-                self.store.record_webhook_attempt(d.request_id, ok=True, error=None, next_attempt_at=None)
-            elif attempts >= self.settings.webhook_max_attempts:
-                log.warning("webhook for %s to %s gave up after %d attempts: %s", d.request_id, d.url, attempts, error)
-                self.store.record_webhook_attempt(d.request_id, ok=False, error=error, next_attempt_at=None)
-            else:
-                self.store.record_webhook_attempt(
-                    d.request_id, ok=False, error=error, next_attempt_at=time.time() + self.backoff(d.attempts)
-                )
-        return len(due)
+    def run_once(self, now: float | None = None, *, wait: bool = True) -> int:
+        """Start every due delivery whose receiver has a free slot; returns how many were started.
+
+        `wait` (the default for direct calls) waits for those attempts to finish; the background loop does not."""
+        started: list[Future] = []
+        for d in self.store.due_webhooks(now, limit=1000):
+            receiver = _receiver(d.url)
+            with self._lock:
+                if d.request_id in self._in_flight or self._receivers[receiver] >= self.per_receiver:
+                    continue
+                self._in_flight.add(d.request_id)
+                self._receivers[receiver] += 1
+            started.append(self._pool.submit(self._deliver, d, receiver))
+        if wait:
+            futures_wait(started)
+        return len(started)
+
+    def _deliver(self, d: WebhookDelivery, receiver: str) -> None:
+        try:
+            self._attempt(d)
+        except Exception:  # keep delivering whatever one bad row does
+            log.exception("webhook delivery for %s failed", d.request_id)
+        finally:
+            with self._lock:
+                self._in_flight.discard(d.request_id)
+                self._receivers[receiver] -= 1
+                if self._receivers[receiver] <= 0:
+                    del self._receivers[receiver]
+
+    def _attempt(self, d: WebhookDelivery) -> None:
+        attempts = d.attempts + 1
+        try:
+            target = address_policy.check_url(d.url, allow_private=self.settings.fetch_allow_private_networks)
+        except AddressRefused as exc:
+            log.warning("webhook for %s refused: %s", d.request_id, exc)
+            self.store.record_webhook_attempt(d.request_id, ok=False, error=f"refused: {exc}", next_attempt_at=None)
+            return
+        headers = {"Content-Type": "application/json", "User-Agent": "ltxserve-webhook"}
+        headers.update(sign_headers(self.key, d.request_id, self.settings.webhook_user_id, d.body))
+        kwargs = target.httpx_kwargs()
+        kwargs["headers"].update(headers)
+        error: str | None = None
+        try:
+            response = self._client.post(target.url, content=d.body, **kwargs)
+            ok = 200 <= response.status_code < 300
+            if not ok:
+                error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            self.store.record_webhook_attempt(d.request_id, ok=True, error=None, next_attempt_at=None)
+        elif attempts >= self.settings.webhook_max_attempts:
+            log.warning("webhook for %s to %s gave up after %d attempts: %s", d.request_id, d.url, attempts, error)
+            self.store.record_webhook_attempt(d.request_id, ok=False, error=error, next_attempt_at=None)
+        else:
+            self.store.record_webhook_attempt(
+                d.request_id, ok=False, error=error, next_attempt_at=time.time() + self.backoff(d.attempts)
+            )
 
     def _loop(self, interval: float) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                self.run_once(wait=False)
             except Exception:  # keep delivering whatever one bad row does
                 log.exception("webhook delivery loop error")
             self._stop.wait(interval)
@@ -169,4 +219,15 @@ class WebhookDeliverer:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        # Attempts in flight finish or time out on their own; none is lost (the store still holds them as due).
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+
+
+def _receiver(url: str) -> str:
+    """Who receives a delivery, for the per-receiver bound: scheme://host:port."""
+    try:
+        scheme, host, port = address_policy.parse_http_url(url)
+    except AddressRefused:
+        return url
+    return f"{scheme}://{host.lower()}:{port}"

@@ -21,9 +21,11 @@ from pydantic import BaseModel, ValidationError
 
 from ltxserve.config import Settings
 from ltxserve.engine.contract import Endpoint, EndpointError, JobCancelled, load_specs
+from ltxserve.engine.net import install_own_file_lookup
 from ltxserve.jobs.sqlite import SqliteJobStore, cancelled_outcome
 from ltxserve.jobs.store import Job, JobStore, StoredFile
 from ltxserve.protocol import ErrorType, File
+from ltxserve.stored_files import own_file_lookup
 
 log = logging.getLogger("ltxserve.worker")
 
@@ -95,6 +97,8 @@ class Worker:
         self.endpoints: dict[str, Endpoint] = {}
         self._stop = threading.Event()
         self._ready = False
+        # Input URLs naming this server's files are read by id through the store (never a path from the URL).
+        install_own_file_lookup(own_file_lookup(self.store, settings.files_dir, settings.base_url()))
 
     def build_endpoints(self) -> None:
         for endpoint_id, spec in self.specs.items():

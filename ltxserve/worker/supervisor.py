@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ltxserve.config import Settings
+from ltxserve.gpus import nvidia_gpu_indices
 from ltxserve.jobs.store import JobStore
 from ltxserve.jobs.webhooks import WebhookDeliverer
 from ltxserve.worker.runner import worker_main
@@ -41,12 +42,7 @@ def _cuda_devices() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d for d in visible.split(",") if d.strip()]
-    try:
-        import torch  # only here: the API process otherwise never imports torch
-
-        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    except Exception:
-        return []
+    return nvidia_gpu_indices()  # NVML: the API process never loads torch
 
 
 def describe_exit(code: int | None) -> str:

@@ -12,15 +12,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
+from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.webhooks import verify
 from tests.api.helpers import submit, wait_completed, wait_state
+
+
+def _wait_log(client: httpx.Client, status_url: str, line: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        logs = client.get(status_url, params={"logs": "1"}).json().get("logs") or []
+        if any(entry["message"] == line for entry in logs):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no log line {line!r}")
 
 
 def test_worker_kill9_mid_job_is_retried_and_api_keeps_answering(live_server):
     with live_server.client() as c:
         sub = submit(c, "test/steps", {"steps": 60, "seconds_per_step": 0.05, "label": "victim"})
         wait_state(c, sub["status_url"], "IN_PROGRESS")
-        time.sleep(0.3)
+        _wait_log(c, sub["status_url"], "victim step 3/60")  # well inside the job, not at its start
         (pid,) = live_server.worker_pids()
         os.kill(pid, signal.SIGKILL)
         # The API never stops answering while the worker is down and restarting.
@@ -83,7 +94,8 @@ def test_webhook_is_retried_signed_and_verifiable(live_server_factory):
     _Receiver.received = []
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    server = live_server_factory(env={"LTXSERVE_WEBHOOK_INITIAL_BACKOFF_SECONDS": "0.2"})
+    server = live_server_factory(env={"LTXSERVE_WEBHOOK_INITIAL_BACKOFF_SECONDS": "0.2",
+                                     "LTXSERVE_FETCH_ALLOW_PRIVATE_NETWORKS": "true"})  # a loopback receiver
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook?a=1"
     try:
         with server.client() as c:
@@ -92,8 +104,18 @@ def test_webhook_is_retried_signed_and_verifiable(live_server_factory):
             deadline = time.time() + 30
             while len(_Receiver.received) < 3 and time.time() < deadline:
                 time.sleep(0.1)
-            assert len(_Receiver.received) == 3  # two failures, then delivered, then no more
-            time.sleep(1.0)
+            assert len(_Receiver.received) == 3  # two failures, then delivered
+            # ... and no more: the store holds it as delivered, and delivered rows are never due again.
+            store = SqliteJobStore(server.data_dir / "jobs.sqlite3")
+            try:
+                deadline = time.time() + 10
+                while store.webhook(rid).delivered_at is None and time.time() < deadline:
+                    time.sleep(0.05)
+                delivery = store.webhook(rid)
+                assert delivery.delivered_at is not None and delivery.attempts == 3
+                assert rid not in [d.request_id for d in store.due_webhooks(time.time() + 10**6)]
+            finally:
+                store.close()
             assert len(_Receiver.received) == 3
             headers, body = _Receiver.received[-1]
             payload = json.loads(body)

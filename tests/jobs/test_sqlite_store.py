@@ -172,26 +172,36 @@ def test_heartbeats_and_live_workers(store):
     assert store.live_workers(-1) == []
 
 
-def _claim_all(path: str, worker_id: str, out) -> None:
+def _claim_in_rounds(path: str, worker_id: str, barrier, rounds: int, out) -> None:
     s = SqliteJobStore(Path(path))
+    s.queue_position("warm-up")  # open the connection before the start line
     got = []
-    while (job := s.claim_next(worker_id, [EP])) is not None:
-        got.append(job.request_id)
-    out.put(got)
+    for _ in range(rounds):
+        barrier.wait(60)  # all processes claim at the same moment, every round: real contention each time
+        job = s.claim_next(worker_id, [EP])
+        got.append(job.request_id if job else None)
+    barrier.wait(60)
+    got.append(s.claim_next(worker_id, [EP]))  # the queue is empty now for everyone
+    out.put((worker_id, got))
 
 
 def test_concurrent_claims_from_processes_never_double_claim(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     store = SqliteJobStore(path)
-    ids = {store.submit(make_job()).request_id for _ in range(60)}
+    workers, rounds = 3, 20
+    ids = {store.submit(make_job()).request_id for _ in range(workers * rounds)}
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(str(path), f"w{i}", out)) for i in range(3)]
+    barrier = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_claim_in_rounds, args=(str(path), f"w{i}", barrier, rounds, out))
+             for i in range(workers)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=120) for _ in procs]
+    results = dict(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=30)
-    claimed = [rid for r in results for rid in r]
-    assert len(claimed) == len(set(claimed)) == len(ids)
+    for got in results.values():
+        assert got[-1] is None and None not in got[:-1]  # one job per process per round, then none left
+    claimed = [rid for got in results.values() for rid in got[:-1]]
+    assert len(claimed) == len(set(claimed)) == len(ids)  # 60 claims racing in threes, never one job twice
     assert set(claimed) == ids

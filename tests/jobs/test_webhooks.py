@@ -81,7 +81,8 @@ class _Receiver:
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(data_dir=tmp_path, webhook_initial_backoff_seconds=0.05, webhook_max_backoff_seconds=0.1,
-                    webhook_max_attempts=3, webhook_timeout_seconds=5, webhook_user_id="me")
+                    webhook_max_attempts=3, webhook_timeout_seconds=5, webhook_user_id="me",
+                    fetch_allow_private_networks=True)  # the receivers listen on loopback
 
 
 def _completed_job(store: SqliteJobStore, url: str) -> str:
