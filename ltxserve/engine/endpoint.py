@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ltxserve.config import Settings
+from ltxserve.engine.cancel import cancel_between_blocks
 from ltxserve.engine.contract import InputError, JobContext
 from ltxserve.engine.lora import LoraStore
 from ltxserve.engine.lora import applied as lora_applied
@@ -72,7 +73,8 @@ def choose_placement(settings: Settings, device: torch.device, *, tiny: bool) ->
     if device.type == "cuda" and not tiny:
         from ltxserve.engine.offload import plan_for_this_gpu
 
-        return plan_for_this_gpu(settings.memory, settings.dtype, device_index=device.index or 0)
+        return plan_for_this_gpu(settings.memory, settings.dtype, device_index=device.index or 0,
+                                 fp8_matmul=fp8_matmul_for(settings, device))
     memory = "gpu" if settings.memory == "auto" else settings.memory
     return Placement(memory=memory, dtype=weights, vae_decode="full", peak_bytes=0, free_bytes=0,  # type: ignore[arg-type]
                      resident=_DEFAULT_RESIDENT if memory == "offload" else ())
@@ -107,6 +109,7 @@ class ImageToVideoEndpoint:
         self.settings = settings
         self.config = config
         self.offloader = None
+        self.placement: Placement | None = None  # planned for this GPU; None: nothing to plan (CPU, tiny model)
         if components is None:
             components = self._load(settings)
         self.components = components
@@ -120,6 +123,8 @@ class ImageToVideoEndpoint:
         fp8 = fp8_matmul_for(settings, device) if placement.dtype == "fp8" else None
         log.info("memory placement: %s / %s%s on %s", placement.memory, placement.dtype,
                  f" (fp8 matmul: {fp8})" if fp8 else "", device)
+        if placement.free_bytes:  # a plan made from this GPU's memory: every request is planned against it
+            self.placement = placement
         components = load_components(model, device="cpu", dtype=dtype, fp8=fp8)
         self.offloader = apply_placement(components, placement, device)
         return components
@@ -146,6 +151,7 @@ class ImageToVideoEndpoint:
         ctx.log(f"{width}x{height}, {inp.num_frames} frames (model: {geometry.num_frames_padded} frames at "
                 f"{geometry.first_pass_width}x{geometry.first_pass_height} then "
                 f"{geometry.second_pass_width}x{geometry.second_pass_height}), seed {seed}")
+        self._plan_memory(width, height, inp.num_frames, ctx)  # refuses (422) before any GPU work
         conditioning = prepare_conditioning_image(image, width, height, geometry.padding, inp.constant_rate_factor)
         adapters = []
         for i, lora in enumerate(inp.loras):
@@ -158,8 +164,10 @@ class ImageToVideoEndpoint:
             ctx.log(f"{stage} step {step}/{total}")
 
         # both passes; removed exactly afterwards; factors in the compute dtype on the execution device
+        # cancel is checked between transformer blocks too, so it lands within a block's time
         with lora_applied(self.components.transformer, adapters, device=self.components.device,
-                          dtype=self.components.dtype):
+                          dtype=self.components.dtype), \
+                cancel_between_blocks(self.components.transformer, ctx.cancelled):
             frames = generate_frames(
                 self.components, config,
                 GenerationInputs(prompt=inp.prompt, negative_prompt=inp.negative_prompt,
@@ -178,6 +186,18 @@ class ImageToVideoEndpoint:
             write_mp4(video.frames, path, inp.frame_rate)
             file = ctx.save_file(path, "output.mp4", "video/mp4")
         return ImageToVideoOutput(video=file, prompt=video.prompt, seed=video.seed)
+
+    def _plan_memory(self, width: int, height: int, num_frames: int, ctx: JobContext) -> None:
+        """On a GPU: this request's memory plan under the server's placement (VAE tiling in space and time), or a
+        422 naming the largest size that fits."""
+        if self.placement is None:
+            return
+        from ltxserve.engine.memory_plan import RequestSize, apply_request_plan, plan_request
+        from ltxserve.engine.placement import count_model_sizes
+
+        plan = plan_request(count_model_sizes(), self.placement, RequestSize(width, height, num_frames))
+        apply_request_plan(self.components.vae, plan)
+        ctx.log(plan.describe())
 
     @staticmethod
     def _refuse_unsupported(inp: ImageToVideoInput) -> None:

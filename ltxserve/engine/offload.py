@@ -17,6 +17,7 @@ fp8 is not applied here: it changes the transformer's modules, so it happens at 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -138,9 +139,7 @@ def apply_placement(components: Any, placement: Placement, device: torch.device 
     ``offload`` mode. Components must be on the host (or already on `device`) when called."""
     device = torch.device(device)
     modules: dict[str, nn.Module] = {name: getattr(components, name) for name in COMPONENT_NAMES}
-    if placement.vae_decode == "tiled":
-        components.vae.enable_tiling()
-    components.device = device
+    components.device = device  # VAE tiling is chosen per request (memory_plan.apply_request_plan), not here
 
     if placement.memory == "gpu":
         for module in modules.values():
@@ -170,11 +169,21 @@ def _unhooked_vae_tensors(vae: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(n, t) for n, t in list(vae.named_parameters()) + list(vae.named_buffers()) if id(t) not in inside]
 
 
+def host_memory_bytes() -> int | None:
+    """The machine's RAM (Linux), for plans that keep weights in host memory."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def plan_for_this_gpu(
-    memory: str = "auto", dtype: str = "auto", request: RequestSize | None = None, device_index: int = 0
+    memory: str = "auto", dtype: str = "auto", request: RequestSize | None = None, device_index: int = 0,
+    fp8_matmul: str = "scaled_mm",
 ) -> Placement:
-    """The placement for CUDA device `device_index` as it is now (free memory read from the driver)."""
+    """The placement for CUDA device `device_index` as it is now (free memory read from the driver, RAM from the OS)."""
     if not torch.cuda.is_available():
         raise PlacementError("no CUDA GPU: placement applies to the 13B model on a GPU (the CPU runs the tiny model)")
     free_bytes, _total = torch.cuda.mem_get_info(device_index)
-    return plan_placement(free_bytes, count_model_sizes(), request or RequestSize(), memory=memory, dtype=dtype)
+    return plan_placement(free_bytes, count_model_sizes(), request or RequestSize(), memory=memory, dtype=dtype,
+                          host_bytes=host_memory_bytes(), fp8_matmul=fp8_matmul)
