@@ -53,12 +53,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from ltxserve.api.server import ConfigurationError, serve
+    from ltxserve.worker.supervisor import WorkersFailed
 
     try:
         serve(settings_from_args(args))
     except ConfigurationError as exc:
         print(f"ltxserve: {exc}", file=sys.stderr)
         return 2
+    except WorkersFailed as exc:
+        print(f"ltxserve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=2, description="A job whose worker died is retried until this many attempts.")
     worker_heartbeat_seconds: float = 2.0
     worker_restart_backoff_seconds: float = 1.0
+    worker_max_failed_starts: int = Field(
+        default=3, ge=1,
+        description="Consecutive worker starts that die before the model loads, after which the slot is not "
+        "restarted; when every slot gives up, queued jobs fail with the reason and `serve` exits non-zero.",
+    )
 
     # --- webhooks ------------------------------------------------------------------------------------------------
     webhook_max_attempts: int = 10

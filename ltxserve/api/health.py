@@ -48,6 +48,21 @@ class _StoreCollector:
         yield hist
 
 
+def not_ready_reason(live: list[dict], failing: list[dict]) -> str:
+    """Why no worker serves, in words an operator can act on (a start failure names the file or path)."""
+    if failing:
+        parts = []
+        for w in sorted(failing, key=lambda w: w["info"].get("slot", 0)):
+            info = w["info"]
+            state = ("gave up after" if info.get("gave_up") else "failed") + \
+                f" {info.get('failed_starts')} of {info.get('max_failed_starts')} starts"
+            parts.append(f"worker {info.get('slot', '?')} cannot load its model ({state}): {info['startup_error']}")
+        return "; ".join(parts)
+    if live:
+        return f"{len(live)} worker(s) starting: loading the model"
+    return "no worker is running"
+
+
 def build_health_router(settings: Settings, store: JobStore, jwks_doc: dict) -> APIRouter:
     router = APIRouter(tags=["health"])
     registry = CollectorRegistry()
@@ -61,9 +76,13 @@ def build_health_router(settings: Settings, store: JobStore, jwks_doc: dict) -> 
 
     @router.get("/readyz")
     def readyz():
-        live = store.live_workers(max_age)
+        rows = store.live_workers(max_age)
+        failing = [w for w in rows if (w["info"] or {}).get("startup_error")]
+        live = [w for w in rows if w not in failing]
         ready = [w["worker_id"] for w in live if w["ready"]]
         body = {"ready": bool(ready), "workers": len(live), "workers_ready": len(ready)}
+        if not ready:
+            body["reason"] = not_ready_reason(live, failing)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics")

@@ -10,7 +10,7 @@ import uvicorn
 from ltxserve.api.app import create_app
 from ltxserve.config import Settings
 from ltxserve.jobs.sqlite import SqliteJobStore
-from ltxserve.worker.supervisor import Supervisor
+from ltxserve.worker.supervisor import Supervisor, WorkersFailed
 
 log = logging.getLogger("ltxserve.serve")
 
@@ -53,16 +53,24 @@ def serve(settings: Settings) -> None:
     settings.files_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteJobStore(settings.db_path, default_retention_seconds=settings.result_retention_seconds)
     app = create_app(settings, store)
-    supervisor = Supervisor(settings, store)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        timeout_graceful_shutdown=5,
+    ))
+
+    def stop_serving(reason: str) -> None:  # no worker can ever start: exit rather than queue jobs forever
+        server.should_exit = True
+
+    supervisor = Supervisor(settings, store, on_give_up=stop_serving)
     supervisor.start()
     log.info("ltxserve listening on %s (queue: %s/queue, run: %s/run)", settings.base_url(), settings.base_url(),
              settings.base_url())
     try:
-        uvicorn.run(
-            app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-            timeout_graceful_shutdown=5,
-        )
+        server.run()
     finally:
         supervisor.stop()
+    if supervisor.failure:
+        supervisor.fail_queued_jobs(supervisor.failure)  # jobs submitted while the server was shutting down
+        raise WorkersFailed(supervisor.failure)
