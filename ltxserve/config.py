@@ -69,11 +69,15 @@ class Settings(BaseSettings):
     # --- weights (weights.lock, `ltxserve weights`) ------------------------------------------------------------
     weights_dir: Path = Field(default=Path("./weights"), description="Folder holding the pinned 13B weights.")
     weights_lock: Path | None = Field(default=None, description="weights.lock to use; default: the one shipped.")
-    weights_base_url: str = Field(default="https://huggingface.co", description="Hub to download weights from.")
+    weights_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LTXSERVE_WEIGHTS_BASE_URL", "HF_ENDPOINT", "weights_base_url"),
+        description="Hub (or mirror) to confirm and download weights from; default huggingface_hub's (HF_ENDPOINT).",
+    )
     hf_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("LTXSERVE_HF_TOKEN", "HF_TOKEN", "hf_token"),
-        description="Token for gated / private repositories; sent only to weights_base_url.",
+        description="Token for gated / private repositories (weights and Hub LoRAs); sent only to the Hub.",
     )
     weights_auto_pull: bool = Field(default=True, description="Pull missing weights when serving the 13B model.")
     weights_pull_workers: int = Field(default=4, description="Files downloaded in parallel.")

@@ -114,6 +114,11 @@ def _weights_section(settings: Settings, verify: bool, out: Callable[[str], None
     if unpinned:
         out(f"  note: no pinned revision for {', '.join(unpinned)}: `weights pull` refuses them; use "
             "`ltxserve weights pin` or `ltxserve weights import DIR`")
+    files = [f for c in lock.select() for f in c.files]
+    unconfirmed = sum(1 for f in files if not f.verified)
+    if unconfirmed:
+        out(f"  {unconfirmed} of {len(files)} lock entries not yet confirmed with the Hub (`ltxserve weights pull` "
+            "confirms every file at its pinned revision and records the publisher's sha256 and size)")
     if report.ok:
         out("  all required weights present and verified")
     elif all(s.state in (FileState.OK, FileState.UNCHECKED) for s in report.statuses):

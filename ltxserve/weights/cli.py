@@ -33,14 +33,18 @@ def add_weights_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     )
     sub = parser.add_subparsers(dest="weights_command", required=True, metavar="pull|verify|import|show|pin")
 
-    pull = sub.add_parser("pull", help="download the lock's files (resumable, parallel, verified)")
+    pull = sub.add_parser(
+        "pull", help="confirm every file with the Hub at its pinned revision, then download what is missing "
+        "(huggingface_hub: resumable, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE), verified"
+    )
     _add_common(pull)
     pull.add_argument("--workers", type=int, help="files downloaded in parallel (default 4)")
-    pull.add_argument("--base-url", help="Hub base URL (LTXSERVE_WEIGHTS_BASE_URL; default https://huggingface.co)")
+    pull.add_argument("--base-url", help="Hub or mirror base URL (LTXSERVE_WEIGHTS_BASE_URL or HF_ENDPOINT; "
+                      "default https://huggingface.co)")
     pull.add_argument(
         "--no-record",
         action="store_true",
-        help='refuse files whose sha256 is "unknown" in the lock instead of recording it on first download',
+        help='refuse files whose sha256 is "unknown" in the lock instead of recording the publisher\'s',
     )
     pull.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -107,8 +111,11 @@ def _pull(args: argparse.Namespace, settings: Settings, out: Callable[[str], Non
     save_recorded(result.lock, lock, path, out)
     out(
         f"downloaded {len(result.downloaded)} file(s), {len(result.already_present)} already present"
-        + (f", recorded {len(result.recorded)} new hash(es) in {path}" if result.recorded else "")
+        + (", every file confirmed with the Hub at its pinned revision" if result.confirmed else "")
+        + (f"; recorded {len(result.recorded)} value(s) in {path}:" if result.recorded else "")
     )
+    for line in result.recorded:
+        out(f"  {line}")
     out(result.report.summary())
     return 0 if result.report.ok else 1
 
