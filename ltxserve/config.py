@@ -7,11 +7,17 @@ the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LTX_I2V_ENDPOINT = "ltxserve.engine.schema:SPEC"
+
+Dtype = Literal["auto", "bf16", "fp16", "fp32", "fp8"]
+Memory = Literal["auto", "gpu", "offload", "sequential"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -50,6 +56,11 @@ class Settings(BaseSettings):
         "restarted; when every slot gives up, queued jobs fail with the reason and `serve` exits non-zero.",
     )
 
+    # --- logging -------------------------------------------------------------------------------------------------
+    log_level: LogLevel = Field(default="info", description="Server and worker log level.")
+    log_format: LogFormat = Field(default="text", description="text, or json: one JSON object per line.")
+    access_log: bool = Field(default=False, description="Log every HTTP request (method, path, status).")
+
     # --- webhooks ------------------------------------------------------------------------------------------------
     webhook_max_attempts: int = 10
     webhook_initial_backoff_seconds: float = 5.0
@@ -59,12 +70,10 @@ class Settings(BaseSettings):
 
     # --- engine --------------------------------------------------------------------------------------------------
     model: str = Field(default="auto", description="auto | tiny | PATH to a checkpoint folder or file.")
-    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    dtype: str = Field(default="auto", description="auto | bf16 | fp16 | fp32 | fp8 (fp8: transformer weights only)")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    dtype: Dtype = Field(default="auto", description="Weight dtype (fp8: transformer weights only).")
     use_triton_kernels: bool = True
-    memory: str = Field(
-        default="auto", description="auto | gpu | offload | sequential: where the model's components live (placement)."
-    )
+    memory: Memory = Field(default="auto", description="Where the model's components live (placement).")
 
     # --- weights (weights.lock, `ltxserve weights`) ------------------------------------------------------------
     weights_dir: Path = Field(default=Path("./weights"), description="Folder holding the pinned 13B weights.")

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ltxserve.cli_flags import add_settings_flags, settings_from_args
 from ltxserve.config import Settings
 from ltxserve.engine.placement import (
-    DTYPE_CHOICES,
-    MEMORY_CHOICES,
     GiB,
     PlacementError,
     RequestSize,
@@ -76,10 +75,7 @@ def driver_version() -> str | None:
 
 def add_doctor_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("doctor", help="show the GPU, the weights and the memory plan for this machine")
-    parser.add_argument("--weights-dir", type=Path, help="weights folder (LTXSERVE_WEIGHTS_DIR)")
-    parser.add_argument("--lock", type=Path, help="weights.lock to use (LTXSERVE_WEIGHTS_LOCK)")
-    parser.add_argument("--memory", choices=MEMORY_CHOICES, help="placement to check (LTXSERVE_MEMORY; auto)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="weight dtype to check (LTXSERVE_DTYPE; auto)")
+    add_settings_flags(parser, ("weights_dir", "weights_lock", "memory", "dtype"))
     parser.add_argument("--width", type=int, default=1280, help="request width to plan for (default 1280)")
     parser.add_argument("--height", type=int, default=720, help="request height to plan for (default 720)")
     parser.add_argument("--num-frames", type=int, default=121, help="request frames to plan for (default 121)")
@@ -90,13 +86,7 @@ def add_doctor_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def _settings(args: argparse.Namespace, settings: Settings | None) -> Settings:
-    overrides = {
-        "weights_dir": getattr(args, "weights_dir", None),
-        "weights_lock": getattr(args, "lock", None),
-        "memory": getattr(args, "memory", None),
-        "dtype": getattr(args, "dtype", None),
-    }
-    return (settings or Settings()).model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return settings_from_args(args, base=settings)
 
 
 def _weights_section(settings: Settings, verify: bool, out: Callable[[str], None]) -> bool:

@@ -10,6 +10,7 @@ import uvicorn
 from ltxserve.api.app import create_app
 from ltxserve.config import Settings
 from ltxserve.jobs.sqlite import SqliteJobStore
+from ltxserve.logs import configure_logging
 from ltxserve.worker.supervisor import Supervisor, WorkersFailed
 
 log = logging.getLogger("ltxserve.serve")
@@ -45,7 +46,7 @@ def check_exposure(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format, "api")
     check_exposure(settings)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigurationError("--tls-cert and --tls-key go together")
@@ -54,7 +55,8 @@ def serve(settings: Settings) -> None:
     store = SqliteJobStore(settings.db_path, default_retention_seconds=settings.result_retention_seconds)
     app = create_app(settings, store)
     server = uvicorn.Server(uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+        app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
+        access_log=settings.access_log,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         timeout_graceful_shutdown=5,

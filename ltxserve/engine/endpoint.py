@@ -23,8 +23,8 @@ from ltxserve.engine.schema import ENDPOINT_ID, ImageToVideoInput, ImageToVideoO
 
 log = logging.getLogger("ltxserve.engine")
 
-TINY_WARNING = ("This server runs the TINY random-weight model (no CUDA GPU or no --model given): outputs are noise. "
-                "Serve on a CUDA machine with the 13B weights for real videos.")
+TINY_WARNING = ("This server runs the TINY random-weight model (--model tiny, or --model auto on a machine without a "
+                "CUDA GPU): outputs are noise. Serve on a CUDA machine with the 13B weights for real videos.")
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.bfloat16}
 

@@ -23,6 +23,7 @@ from ltxserve.config import Settings
 from ltxserve.engine.contract import Endpoint, EndpointError, JobCancelled, load_specs
 from ltxserve.jobs.sqlite import SqliteJobStore, cancelled_outcome
 from ltxserve.jobs.store import Job, JobStore, StoredFile
+from ltxserve.logs import request_context
 from ltxserve.protocol import ErrorType, File
 
 log = logging.getLogger("ltxserve.worker")
@@ -112,6 +113,10 @@ class Worker:
                 log.exception("heartbeat failed")
 
     def run_job(self, job: Job) -> None:
+        with request_context(job.request_id):  # every log record about this job carries its request id
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
         spec = self.specs[job.endpoint_id]
         ctx = StoreJobContext(self.store, self.settings, job)
         started = time.perf_counter()
@@ -137,7 +142,10 @@ class Worker:
             outcome = {"error": message, "error_type": ErrorType.INTERNAL_ERROR.value,
                        "error_body": {"detail": message, "error_type": ErrorType.INTERNAL_ERROR.value},
                        "status_code": 500}
-        self.store.complete(job.request_id, inference_time=time.perf_counter() - started, **outcome)
+        elapsed = time.perf_counter() - started
+        self.store.complete(job.request_id, inference_time=elapsed, **outcome)
+        log.info("job finished in %.1f s: %s", elapsed,
+                 "ok" if "result" in outcome else f"{outcome.get('error_type')}: {outcome.get('error')}")
 
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()

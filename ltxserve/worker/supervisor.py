@@ -27,6 +27,7 @@ from typing import Callable
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore
 from ltxserve.jobs.webhooks import WebhookDeliverer
+from ltxserve.logs import configure_logging
 from ltxserve.worker.runner import worker_main
 
 log = logging.getLogger("ltxserve.supervisor")
@@ -42,6 +43,7 @@ class WorkersFailed(RuntimeError):
 
 def run_worker(settings: Settings, worker_id: str, parent_pid: int, report) -> None:
     """Worker process entry: runs the worker; if it fails before serving, sends the reason to the supervisor."""
+    configure_logging(settings.log_level, settings.log_format, f"worker[{worker_id}]")
     try:
         worker_main(settings, worker_id, parent_pid)
     except BaseException as exc:  # noqa: BLE001 - whatever stopped the worker is the reason it reports
