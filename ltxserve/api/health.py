@@ -13,10 +13,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore
 
-# Generation-time histogram buckets (seconds): from tiny CPU jobs to long 720p videos.
-_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
-
-
 class _StoreCollector:
     """Computed at scrape time from the store, so the figures are the same whichever API process is scraped."""
 
@@ -27,7 +23,7 @@ class _StoreCollector:
     def collect(self):
         with self._lock:
             counts = self.store.counts()
-            times = self.store.inference_times()
+            histogram = self.store.generation_histogram()
         depth = GaugeMetricFamily("ltxserve_queue_depth", "Jobs waiting in the queue")
         depth.add_metric([], counts.in_queue)
         yield depth
@@ -37,14 +33,10 @@ class _StoreCollector:
         jobs.add_metric(["COMPLETED_OK"], counts.completed_ok)
         jobs.add_metric(["COMPLETED_ERROR"], counts.completed_error)
         yield jobs
-        buckets, total = [], 0.0
-        for bound in _BUCKETS:
-            buckets.append((str(float(bound)), sum(1 for t in times if t <= bound)))
-        buckets.append(("+Inf", len(times)))
-        total = sum(times)
+        buckets = [(str(float(bound)), n) for bound, n in histogram.buckets] + [("+Inf", histogram.count)]
         hist = HistogramMetricFamily("ltxserve_generation_seconds",
-                                     "Seconds a worker spent on each completed job still in the store")
-        hist.add_metric([], buckets, total)
+                                     "Seconds a worker spent on each job, observed when the job completed")
+        hist.add_metric([], buckets, histogram.total_seconds)
         yield hist
 
 
