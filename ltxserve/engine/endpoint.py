@@ -13,6 +13,7 @@ import torch
 
 from ltxserve.config import Settings
 from ltxserve.engine.contract import InputError, JobContext
+from ltxserve.engine.cpu_preview import cpu_note, resize_frames, tiny_cpu_size
 from ltxserve.engine.lora import LoraStore
 from ltxserve.engine.lora import applied as lora_applied
 from ltxserve.engine.media import fetch_image, prepare_conditioning_image, write_mp4
@@ -114,6 +115,12 @@ class ImageToVideoEndpoint:
         width, height = width or inp.width, height or inp.height
         if width is None or height is None:
             width, height = output_size(inp.resolution, inp.aspect_ratio, image.size)
+        output = (width, height)
+        if self.components.is_tiny and self.components.device.type == "cpu":  # see engine/cpu_preview.py
+            work = tiny_cpu_size(width, height, inp.num_frames, self.config.downscale_factor)
+            if work is not None:
+                ctx.log(cpu_note(width, height, work), "WARN")
+                width, height = work
         try:
             geometry = plan_geometry(width, height, inp.num_frames, self.config.downscale_factor)
             config = with_steps(self.config, inp.first_pass_num_inference_steps, inp.first_pass_skip_final_steps,
@@ -142,6 +149,8 @@ class ImageToVideoEndpoint:
                                  seed=seed),
                 on_step=on_step, should_cancel=ctx.cancelled,
             )
+        if (width, height) != output:
+            frames = resize_frames(frames, *output)
         if inp.reverse_video:
             frames = frames[::-1]  # a view: write_mp4 makes each frame contiguous as it streams it
         return GeneratedVideo(frames=frames, seed=seed, prompt=inp.prompt)
