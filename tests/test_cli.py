@@ -160,3 +160,11 @@ def test_live_server_logs_json_with_access_lines_and_one_line_per_finished_job(l
     assert len(finished) == 1 and finished[0]["request_id"] == rid and finished[0]["message"].endswith(": ok")
     assert finished[0]["process"].startswith("worker[")
     assert any(r["logger"] == "uvicorn.access" and f"/requests/{rid}/status" in r["message"] for r in records)
+
+
+def test_generate_with_a_missing_model_says_why_in_one_line(tmp_path):
+    missing = tmp_path / "no-model"
+    image = REPO / "tests" / "fixtures" / "reference" / "image_odd.png"
+    r = _cli("generate", "--model", str(missing), "--image", str(image), "--prompt", "x", "-o", str(tmp_path / "o.mp4"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"cannot load the model: CheckpointError: model path {missing} does not exist" in r.stderr

@@ -106,7 +106,12 @@ def main(args: argparse.Namespace) -> int:
 
     log.info("loading the model (--model %s)", settings.model)
     started = time.perf_counter()
-    endpoint = ImageToVideoEndpoint(settings)
+    try:
+        endpoint = ImageToVideoEndpoint(settings)
+    except Exception as exc:  # a missing path, unverifiable weights, no network for the first pull: say why, no trace
+        log.debug("model load failed", exc_info=True)
+        print(f"ltxserve generate: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     log.info("model loaded in %.1f s", time.perf_counter() - started)
     failures = 0
     for inp, target in jobs:
