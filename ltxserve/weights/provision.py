@@ -6,6 +6,7 @@ Once the weights are present and verified this touches no network: the check rea
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +70,7 @@ def ensure_weights(settings: Settings, *, say: Callable[[str], None] | None = No
             token=settings.hf_token,
             workers=settings.weights_pull_workers,
             confirm="when-downloading",
+            progress_bar=sys.stderr.isatty(),  # bars for a person at a terminal; logs get a line per file
             log=say,
         )
     except FetchError as exc:
