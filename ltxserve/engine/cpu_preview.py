@@ -1,4 +1,4 @@
-"""The tiny model on a CPU: a newcomer's first request finishes in about a minute instead of about an hour.
+"""The tiny model on a CPU: a newcomer's first request finishes in about two minutes instead of about an hour.
 
 Measured on 2 cores (torch profiler, see the README): at the hosted defaults (1280x720, 121 frames, 30+30 steps) the
 random-weight model's time goes to self-attention over the second pass's 24,960 tokens in 48 blocks (quadratic in the
@@ -54,5 +54,5 @@ def resize_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def cpu_note(width: int, height: int, work: tuple[int, int]) -> str:
     return (f"tiny model on a CPU: generating at {work[0]}x{work[1]} and resizing to {width}x{height} (its output is "
-            "noise either way); the default request takes about a minute on 2 cores this way, about an hour at full "
+            "noise either way); the default request takes about two minutes on 2 cores this way, about an hour at full "
             "size. Real videos need a CUDA GPU and the 13B weights.")

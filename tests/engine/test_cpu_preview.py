@@ -72,7 +72,7 @@ def test_the_endpoint_generates_small_and_delivers_the_requested_size(tiny_compo
     assert seen["asked"] == (192, 128)
     assert video.frames.shape == (9, 128, 192, 3)
     note = next(m for level, m in logs if "tiny model on a CPU" in m)
-    assert "resizing to 192x128" in note and "about a minute on 2 cores" in note
+    assert "resizing to 192x128" in note and "about two minutes on 2 cores" in note
     work = tiny_cpu_size(192, 128, 9, DOWNSCALE, budget=16)
     assert work is not None and any(m.startswith(f"{work[0]}x{work[1]}, 9 frames") for _, m in logs)
     assert cpu_preview.cpu_note(192, 128, (96, 64)) == note
