@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     dtype: Dtype = Field(default="auto", description="Weight dtype (fp8: transformer weights only).")
     use_triton_kernels: bool = True
+    fp8_matmul: Literal["auto", "scaled_mm", "dequant"] = Field(
+        default="auto",
+        description="With --dtype fp8, multiply in fp8 (auto: on GPUs of compute capability 8.9+) or dequantize the "
+                    "fp8 weights to bf16 per layer (any device).",
+    )
     memory: Memory = Field(default="auto", description="Where the model's components live (placement).")
 
     # --- weights (weights.lock, `ltxserve weights`) ------------------------------------------------------------

@@ -4,7 +4,7 @@
 Run with the REFERENCE venv's python (see scripts/setup_reference_env.sh), never with ltxserve's:
 
     /work/refenv/bin/python scripts/make_reference_fixtures.py [--out tests/fixtures/reference]
-        [--checkpoint-only] [--cases a_defaults,b_fewer_steps] [--trace-rng FILE]
+        [--checkpoint-only] [--cases a_defaults,b_fewer_steps] [--trace-rng FILE] [--precision bfloat16]
 
 What it does:
 1. builds a TINY LTX-Video 0.9.7-shaped checkpoint with random (seeded) weights using Lightricks' own classes
@@ -23,6 +23,16 @@ Only these things are patched in the reference, all recorded in cases.json["refe
   fp32 end to end);
 - seed_everething(seed) is re-applied right before the pipeline call (on CPU the VAE constructor consumes the global
   RNG that infer() seeded; on CUDA the global draws come from the untouched CUDA generator).
+
+--precision bfloat16 records the same cases with the reference as its released YAML runs it (`precision: bfloat16`:
+transformer, VAE and T5 cast to bf16, the latent upsampler fp32) into OUT/bf16/, with its own cases.json:
+- the YAML says `precision: bfloat16`, and the VAE/T5 float32 patch above is NOT applied;
+- every other patch is kept (recorded writer, per-case CRF, re-seed before the pipeline call, no prompt enhancement);
+- it reuses OUT's committed checkpoint and images (never rebuilds them; "checkpoint": "../checkpoint") and needs OUT's
+  fp32 frames: each case records the reference's own bf16-vs-fp32 distance (PSNR over uint8 with peak 255, mean and
+  max |diff|) in "reference_bf16_vs_fp32";
+- it runs with 2 intra-op threads (BF16_NUM_THREADS): bf16 CPU results depend on the thread count.
+The default (float32) output is unchanged by this mode.
 """
 
 from __future__ import annotations
@@ -355,12 +365,14 @@ BASE_PIPELINE_CONFIG: dict[str, Any] = {
 }
 
 
-def pipeline_config_for(case: Case, checkpoint_dir: Path) -> dict[str, Any]:
+def pipeline_config_for(case: Case, checkpoint_dir: Path, precision: str = "float32") -> dict[str, Any]:
     config = json.loads(json.dumps(BASE_PIPELINE_CONFIG))
     config["checkpoint_path"] = str(checkpoint_dir / CHECKPOINT_FILE)
     config["spatial_upscaler_model_path"] = str(checkpoint_dir / UPSCALER_FILE)
     config["text_encoder_model_name_or_path"] = str(checkpoint_dir / "text_encoder")
-    config["precision"] = "float32"  # any value but bfloat16 / float8_e4m3fn / mixed_precision keeps fp32
+    # "float32": any value but bfloat16 / float8_e4m3fn / mixed_precision keeps the transformer fp32.
+    # "bfloat16": the released YAML's own value (transformer cast to bf16 as well as VAE and T5).
+    config["precision"] = precision
     config["prompt_enhancement_words_threshold"] = 0  # no prompt enhancement
     config["first_pass"]["num_inference_steps"] = case.first_pass_num_inference_steps
     config["first_pass"]["skip_final_inference_steps"] = case.first_pass_skip_final_steps
@@ -616,15 +628,35 @@ def _reseed_before_pipeline_call(inference: Any, seed: int) -> Any:
     return original_call
 
 
-def run_case(case: Case, out: Path, checkpoint_dir: Path, trace_rng: Path | None) -> dict[str, Any]:
+def run_case(
+    case: Case,
+    out: Path,
+    checkpoint_dir: Path,
+    trace_rng: Path | None,
+    *,
+    precision: str = "float32",
+    images_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run one case through infer() and write its frames and conditioning into `out`.
+
+    precision "float32" keeps VAE and T5 in fp32 too (the _keep_float32 patches); "bfloat16" runs the reference
+    exactly as its `precision: bfloat16` YAML does (transformer, VAE and T5 in bf16). Source images are read from
+    `images_dir` (default: `out`).
+    """
     import ltx_video.inference as inference
     from ltx_video.pipelines.pipeline_ltx_video import LTXMultiScalePipeline
     import ltx_video.pipelines.crf_compressor as crf_compressor
     from ltx_video.models.autoencoders.causal_video_autoencoder import CausalVideoAutoencoder
     from transformers import T5EncoderModel
 
-    _keep_float32(CausalVideoAutoencoder)
-    _keep_float32(T5EncoderModel)
+    if precision == "float32":
+        _keep_float32(CausalVideoAutoencoder)
+        _keep_float32(T5EncoderModel)
+    elif getattr(CausalVideoAutoencoder, "_ltxserve_fp32_patch", False) or getattr(
+        T5EncoderModel, "_ltxserve_fp32_patch", False
+    ):
+        raise RuntimeError("the fp32 patches are active in this process; run bfloat16 cases in a fresh process")
+    images_dir = out if images_dir is None else images_dir
 
     recorder = _RecordingImageio(inference.imageio)
     conditioning: list[torch.Tensor] = []
@@ -638,7 +670,9 @@ def run_case(case: Case, out: Path, checkpoint_dir: Path, trace_rng: Path | None
 
     with tempfile.TemporaryDirectory() as tmp:
         yaml_path = Path(tmp) / "ltxv-13b-0.9.7-dev.yaml"
-        yaml_path.write_text(yaml.safe_dump(pipeline_config_for(case, checkpoint_dir), sort_keys=False))
+        yaml_path.write_text(
+            yaml.safe_dump(pipeline_config_for(case, checkpoint_dir, precision), sort_keys=False)
+        )
         config = inference.InferenceConfig(
             prompt=case.prompt,
             negative_prompt=case.negative_prompt,
@@ -649,7 +683,7 @@ def run_case(case: Case, out: Path, checkpoint_dir: Path, trace_rng: Path | None
             width=case.width,
             num_frames=case.num_frames,
             frame_rate=case.frame_rate,
-            conditioning_media_paths=[str(out / case.image)],
+            conditioning_media_paths=[str(images_dir / case.image)],
             conditioning_strengths=[1.0],
             conditioning_start_frames=[0],
         )
@@ -704,7 +738,7 @@ def run_case(case: Case, out: Path, checkpoint_dir: Path, trace_rng: Path | None
         "conditioning": conditioning_file,
         "conditioning_shape": list(conditioning[0].shape),
         "reference_fps_passed_to_writer": recorder.fps,
-        "pipeline_config": pipeline_config_for(case, Path("<checkpoint>")),
+        "pipeline_config": pipeline_config_for(case, Path("<checkpoint>"), precision),
     }
 
 
@@ -717,16 +751,120 @@ def reference_versions() -> dict[str, str]:
     return versions
 
 
+BF16_DIR = "bf16"  # under the fp32 fixture folder; shares its checkpoint and images
+# bf16 CPU kernels split their reductions by intra-op thread, and the tiny random model amplifies the difference: the
+# reference in bf16 with 1 thread instead of 2 lands 48.5-58.8 dB from itself on 4 of the 6 cases (identical on 2).
+# The committed bf16 frames used 2.
+BF16_NUM_THREADS = 2
+
+
+def frame_distance(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    """PSNR in dB over uint8 frames (peak 255; inf when identical), mean and max |diff| in levels."""
+    diff = actual.astype(np.float64) - expected.astype(np.float64)
+    mse = float(np.mean(diff**2))
+    return {
+        "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse)),
+        "mean_abs": float(np.abs(diff).mean()),
+        "max_abs": int(np.abs(diff).max()),
+    }
+
+
+def main_bfloat16(out: Path, cases: str, trace_rng: Path | None) -> int:
+    """Record every case with the reference in bf16 into OUT/bf16, reusing OUT's checkpoint, images and fp32 frames."""
+    checkpoint_dir = out / "checkpoint"
+    fp32_cases_path = out / "cases.json"
+    if not (checkpoint_dir / CHECKPOINT_FILE).exists() or not fp32_cases_path.exists():
+        raise SystemExit(f"bf16 fixtures need the fp32 fixtures (checkpoint and cases.json) in {out} first")
+    fp32_cases = {c["name"]: c for c in json.loads(fp32_cases_path.read_text())["cases"]}
+    bf16_dir = out / BF16_DIR
+    bf16_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(BF16_NUM_THREADS)
+
+    wanted = [c for c in CASES if not cases or c.name in cases.split(",")]
+    cases_path = bf16_dir / "cases.json"
+    previous = json.loads(cases_path.read_text())["cases"] if cases_path.exists() else []
+    results = {c["name"]: c for c in previous}
+    for index, case in enumerate(wanted):
+        print(f"running reference case {case.name} in bfloat16 ...", flush=True)
+        result = run_case(
+            case, bf16_dir, checkpoint_dir, trace_rng if index == 0 else None,
+            precision="bfloat16", images_dir=out,
+        )
+        result["image"] = f"../{case.image}"
+        fp32_frames_file = f"../{fp32_cases[case.name]['frames']}"
+        distance = frame_distance(np.load(bf16_dir / result["frames"]), np.load(bf16_dir / fp32_frames_file))
+        result["reference_bf16_vs_fp32"] = {"fp32_frames": fp32_frames_file, **distance}
+        print(f"  {case.name}: reference bf16 vs fp32 {distance}", flush=True)
+        results[case.name] = result
+
+    order = [c.name for c in CASES]
+    document = {
+        "about": (
+            "Golden outputs of Lightricks' ltx_video.inference.infer() (the 0.9.7-dev multi-scale config, "
+            "832e043) run with precision: bfloat16 on the tiny random-weight checkpoint of the fp32 fixtures (..); "
+            "see scripts/make_reference_fixtures.py. Paths here are relative to this folder."
+        ),
+        "regenerate": (
+            "scripts/setup_reference_env.sh REFENV && "
+            "REFENV/bin/python scripts/make_reference_fixtures.py --precision bfloat16   "
+            "(needs the committed fp32 fixtures: it reuses their checkpoint and images, never rebuilds them, and "
+            "measures each case against their frames; the committed bf16 fixtures used REFENV=/work/refenv)"
+        ),
+        "precision": "bfloat16",
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_threads_note": (
+            "the reference's bf16 CPU output depends on the intra-op thread count (reduction splits); regenerating "
+            "with this count reproduces the frames bit for bit, another count moves them as far as bf16 vs fp32 does"
+        ),
+        "checkpoint": "../checkpoint",
+        "reference_versions": reference_versions(),
+        "reference_patches": [
+            "imageio.get_writer in ltx_video.inference replaced by a recorder: frames are the uint8 arrays the "
+            "reference hands to its mp4 writer (after padding crop and truncating cast), no encoding",
+            "ltx_video.pipelines.crf_compressor.compress called with crf=request.constant_rate_factor (the reference "
+            "hard-codes the default 29)",
+            "seed_everething(seed) re-applied right before LTXMultiScalePipeline.__call__: on CPU the VAE "
+            "constructor consumes the global RNG after infer() seeded it; on CUDA the global draws come from the "
+            "fresh CUDA generator, and this makes the CPU run match those semantics",
+            "pipeline YAML: precision bfloat16, prompt_enhancement_words_threshold 0, paths to the tiny checkpoint, "
+            "per-case step counts and guidance overrides",
+            "NOT patched (unlike the fp32 fixtures): the reference's own casts of the transformer, VAE and T5 to "
+            "bfloat16; the latent upsampler stays fp32 as in the reference",
+        ],
+        "reference_bf16_vs_fp32_note": (
+            "per case: the reference's own bf16 frames against its committed fp32 frames (fp32_frames); psnr_db over "
+            "all uint8 values with peak 255, mean_abs and max_abs in levels"
+        ),
+        "conditioning_note": (
+            "<case>.conditioning.npz (array 'conditioning') is the (1,3,1,h,w) float32 tensor in [-1,1] that the "
+            "reference built from the image (center crop at source resolution, blur, CRF round-trip, zero padding) "
+            "before per-pass resizing and the cast to the VAE's bf16"
+        ),
+        "cases": [results[name] for name in order if name in results],
+    }
+    cases_path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {cases_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--checkpoint-only", action="store_true", help="build the tiny checkpoint and images only")
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--trace-rng", type=Path, default=None, help="log the random draws of the first case here")
+    parser.add_argument(
+        "--precision", choices=["float32", "bfloat16"], default="float32",
+        help="float32: the fp32 fixtures in OUT; bfloat16: the reference as its bf16 YAML runs it, into OUT/bf16",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out: Path = args.out.resolve()
+    if args.precision == "bfloat16":
+        if args.checkpoint_only:
+            parser.error("--checkpoint-only builds the shared checkpoint: run it without --precision bfloat16")
+        return main_bfloat16(out, args.cases, args.trace_rng)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = out / "checkpoint"
     if args.checkpoint_only or not (checkpoint_dir / CHECKPOINT_FILE).exists():

@@ -21,6 +21,7 @@ from ltxserve.config import Settings
 from ltxserve.engine.contract import EndpointSpec, load_specs
 from ltxserve.jobs.store import JobStore
 from ltxserve.jobs.webhooks import jwks, load_or_create_key
+from ltxserve.web import add_playground
 
 log = logging.getLogger("ltxserve.api")
 
@@ -64,6 +65,7 @@ def create_app(settings: Settings, store: JobStore, specs: list[EndpointSpec] | 
     app.include_router(build_queue_router(service, auth))
     app.include_router(build_run_router(service, auth))
     app.include_router(build_storage_router(settings, store, auth))
+    add_playground(app)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError):

@@ -19,6 +19,9 @@ from ltxserve.engine.lora import applied as lora_applied
 from ltxserve.engine.media import fetch_image, prepare_conditioning_image, write_mp4
 from ltxserve.engine.models import LTXComponents, load_components
 from ltxserve.engine.pipeline import GenerationInputs, generate_frames
+from ltxserve.engine.fp8 import fp8_matmul_supported
+from ltxserve.engine.offload import apply_placement
+from ltxserve.engine.placement import Placement
 from ltxserve.engine.plan import LTXV_13B_097_DEV, PipelineConfig, output_size, plan_geometry, with_steps
 from ltxserve.engine.schema import ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
 
@@ -50,6 +53,30 @@ def resolve_model(settings: Settings) -> str:
     from ltxserve.weights.provision import ensure_weights
 
     return str(ensure_weights(settings, say=log.info))
+
+
+def fp8_matmul_for(settings: Settings, device: torch.device) -> str:
+    """fp8 tensor-core matmuls where the GPU has them, dequantized fp8 storage elsewhere (or as configured)."""
+    if settings.fp8_matmul != "auto":
+        return settings.fp8_matmul
+    return "scaled_mm" if fp8_matmul_supported(device) else "dequant"
+
+
+# Off the GPU there is no free memory to plan for: an explicit --memory mode is applied as asked (so the CPU can
+# stand in for the GPU and run every placement's code), with what a 48 GB card would keep resident in offload mode.
+_DEFAULT_RESIDENT = ("transformer", "latent_upsampler", "vae")
+
+
+def choose_placement(settings: Settings, device: torch.device, *, tiny: bool) -> Placement:
+    weights = "fp8" if settings.dtype == "fp8" else {torch.float32: "fp32", torch.float16: "fp16"}.get(
+        resolve_device_dtype(settings)[1], "bf16")
+    if device.type == "cuda" and not tiny:
+        from ltxserve.engine.offload import plan_for_this_gpu
+
+        return plan_for_this_gpu(settings.memory, settings.dtype, device_index=device.index or 0)
+    memory = "gpu" if settings.memory == "auto" else settings.memory
+    return Placement(memory=memory, dtype=weights, vae_decode="full", peak_bytes=0, free_bytes=0,  # type: ignore[arg-type]
+                     resident=_DEFAULT_RESIDENT if memory == "offload" else ())
 
 
 @dataclass
@@ -87,19 +114,15 @@ class ImageToVideoEndpoint:
         self.loras = LoraStore(settings)
 
     def _load(self, settings: Settings) -> LTXComponents:
+        """Choose the placement, load the weights to host memory in its format, then place them on the device."""
         device, dtype = resolve_device_dtype(settings)
         model = resolve_model(settings)
-        if device.type != "cuda" or model == "tiny":
-            return load_components(model, device=device, dtype=dtype)
-        # On a GPU, place the components by the card's free memory (all resident, offloaded in turns, fp8, or
-        # streamed): load to host memory first, then let the placement move what goes to the GPU.
-        from ltxserve.engine.offload import apply_placement, plan_for_this_gpu
-
-        components = load_components(model, device="cpu", dtype=dtype)
-        placement = plan_for_this_gpu(settings.memory, settings.dtype, device_index=device.index or 0)
-        log.info("memory placement: %s", placement)
+        placement = choose_placement(settings, device, tiny=model == "tiny")
+        fp8 = fp8_matmul_for(settings, device) if placement.dtype == "fp8" else None
+        log.info("memory placement: %s / %s%s on %s", placement.memory, placement.dtype,
+                 f" (fp8 matmul: {fp8})" if fp8 else "", device)
+        components = load_components(model, device="cpu", dtype=dtype, fp8=fp8)
         self.offloader = apply_placement(components, placement, device)
-        components.device = device
         return components
 
     def generate(self, inp: ImageToVideoInput, ctx: JobContext | None = None, *, width: int | None = None,
@@ -141,7 +164,9 @@ class ImageToVideoEndpoint:
             ctx.progress(step, total, stage)
             ctx.log(f"{stage} step {step}/{total}")
 
-        with lora_applied(self.components.transformer, adapters):  # both passes; removed exactly afterwards
+        # both passes; removed exactly afterwards; factors in the compute dtype on the execution device
+        with lora_applied(self.components.transformer, adapters, device=self.components.device,
+                          dtype=self.components.dtype):
             frames = generate_frames(
                 self.components, config,
                 GenerationInputs(prompt=inp.prompt, negative_prompt=inp.negative_prompt,

@@ -115,23 +115,47 @@ def check_against(adapter: LoraAdapter, transformer: torch.nn.Module, *, field: 
                              f"{linear.out_features}x{linear.in_features}", loc=("body", field))
 
 
+class _Term:
+    """One LoRA's factors on one Linear, in the compute dtype on the execution device. Moved once when applied; if
+    the module runs elsewhere after all (its input arrives on another device or in another dtype), the factors
+    follow it there, once."""
+
+    def __init__(self, layer: LoraLayer, strength: float, device: torch.device, dtype: torch.dtype):
+        self._layer = layer
+        self.scale = strength * layer.scale
+        self._place(device, dtype)
+
+    def _place(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.down = self._layer.down.to(device=device, dtype=dtype)
+        self.up = self._layer.up.to(device=device, dtype=dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.down.device != x.device or self.down.dtype != x.dtype:
+            self._place(x.device, x.dtype)
+        return self.scale * ((x @ self.down.T) @ self.up.T)
+
+
 @contextmanager
-def applied(transformer: torch.nn.Module, adapters: list[tuple[LoraAdapter, float]]) -> Iterator[None]:
-    """Add the LoRAs' terms to the targeted Linears for the duration of the block; the weights are untouched."""
+def applied(transformer: torch.nn.Module, adapters: list[tuple[LoraAdapter, float]], *,
+            device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Add the LoRAs' terms to the targeted Linears for the duration of the block; the weights are untouched.
+
+    `device` and `dtype` are where the transformer computes (the execution device and the compute dtype). They are
+    not read from the weights: under offloading the weights sit on the host or on `meta` between calls, and fp8
+    weights are not the compute dtype."""
     modules = dict(transformer.named_modules())
-    per_module: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
-    device = next(transformer.parameters()).device
+    device = torch.device(device) if device is not None else _first_real_device(transformer)
+    dtype = dtype or _compute_dtype(transformer)
+    per_module: dict[str, list[_Term]] = {}
     for adapter, strength in adapters:
         for name, layer in adapter.layers.items():
-            dtype = modules[name].weight.dtype
-            per_module.setdefault(name, []).append(
-                (layer.down.to(device, dtype), layer.up.to(device, dtype), strength * layer.scale))
+            per_module.setdefault(name, []).append(_Term(layer, strength, device, dtype))
     handles = []
     for name, terms in per_module.items():
         def hook(_module, inputs, output, terms=terms):
             x = inputs[0]
-            for down, up, s in terms:
-                output = output + s * ((x @ down.T) @ up.T)
+            for term in terms:
+                output = output + term(x)
             return output
 
         handles.append(modules[name].register_forward_hook(hook))
@@ -140,6 +164,21 @@ def applied(transformer: torch.nn.Module, adapters: list[tuple[LoraAdapter, floa
     finally:
         for h in handles:
             h.remove()
+
+
+def _first_real_device(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def _compute_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype the module computes in: that of its first floating, non-fp8 parameter (norm tables, biases)."""
+    for p in module.parameters():
+        if p.is_floating_point() and p.element_size() > 1:
+            return p.dtype
+    return torch.float32
 
 
 class LoraStore:

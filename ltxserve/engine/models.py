@@ -26,11 +26,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
+from ltxserve.engine.fp8 import FP8, Fp8Matmul, block_linears, convert_transformer_to_fp8
+from ltxserve.engine.segmented import install_segmented_forward
+
 CHECKPOINT_NAME = "ltxv-13b-0.9.7-dev.safetensors"
+FP8_CHECKPOINT_NAME = "ltxv-13b-0.9.7-dev-fp8.safetensors"  # Lightricks' e4m3 block Linears, the rest bf16
 UPSCALER_NAME = "ltxv-spatial-upscaler-0.9.7.safetensors"
 TRANSFORMER_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "vae."
 ASSETS = Path(__file__).resolve().parent / "assets"
+UPSAMPLER_DTYPE = torch.float32  # the reference never casts the latent upsampler
 
 
 class CheckpointError(Exception):
@@ -49,14 +54,21 @@ class LTXComponents:
     dtype: torch.dtype = torch.float32
     source: str = ""
 
+    def __post_init__(self) -> None:
+        # before any placement hook wraps the forwards: the adaLN values per distinct timestep (segmented.py)
+        install_segmented_forward(self.transformer)
+
     @property
     def is_tiny(self) -> bool:
         return self.source == "tiny"
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "LTXComponents":
+        """Move to `device`; the transformer, VAE and T5 compute in `dtype`, the latent upsampler stays fp32 (as the
+        reference keeps it whatever its `precision`)."""
         device = torch.device(device)
-        for m in (self.transformer, self.vae, self.latent_upsampler, self.text_encoder):
+        for m in (self.transformer, self.vae, self.text_encoder):
             m.to(device=device, dtype=dtype)
+        self.latent_upsampler.to(device=device, dtype=UPSAMPLER_DTYPE)
         self.device, self.dtype = device, dtype
         return self
 
@@ -237,19 +249,27 @@ def _read_safetensors(path: Path, device: str) -> tuple[dict[str, torch.Tensor],
         return {k: f.get_tensor(k) for k in f.keys()}, metadata
 
 
-def _materialise(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def _materialise(model: torch.nn.Module, dtype: torch.dtype, keep_fp8: frozenset[str] = frozenset()) -> torch.nn.Module:
+    """Check every tensor was loaded and cast to `dtype`, except the parameters named in `keep_fp8` that the file
+    holds in e4m3 (an fp8 checkpoint's block Linears: exact as they are, converted to Fp8Linear next)."""
     # Non-persistent buffers (rope frequencies etc.) are created by the constructor; anything left on the meta
     # device after loading is a bug in the key mapping, so say so.
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_meta:
             raise CheckpointError(f"{type(model).__name__}.{name} was not loaded from the checkpoint")
-    return model.to(dtype=dtype).eval().requires_grad_(False)
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and t.dtype != dtype and not (name in keep_fp8 and t.dtype == FP8):
+            t.data = t.data.to(dtype)
+    return model.eval().requires_grad_(False)
 
 
-def load_original_layout(folder: Path, device: str, dtype: torch.dtype) -> LTXComponents:
+def load_original_layout(folder: Path, device: str, dtype: torch.dtype, prefer_fp8: bool = False) -> LTXComponents:
     checkpoint = folder / CHECKPOINT_NAME if (folder / CHECKPOINT_NAME).exists() else None
+    if (prefer_fp8 or checkpoint is None) and (folder / FP8_CHECKPOINT_NAME).exists():
+        checkpoint = folder / FP8_CHECKPOINT_NAME  # in bf16 / fp32 its e4m3 weights are upcast, exactly
     if checkpoint is None:
-        candidates = [p for p in sorted(folder.glob("*.safetensors")) if "upscaler" not in p.name]
+        candidates = [p for p in sorted(folder.glob("*.safetensors"))
+                      if "upscaler" not in p.name and p.name != FP8_CHECKPOINT_NAME]
         if len(candidates) != 1:
             raise CheckpointError(f"{folder}: expected {CHECKPOINT_NAME} (or exactly one checkpoint file)")
         checkpoint = candidates[0]
@@ -288,10 +308,18 @@ def load_original_layout(folder: Path, device: str, dtype: torch.dtype) -> LTXCo
     text_root = folder / "text_encoder"
     text_encoder, tokenizer = _load_text(text_root / "text_encoder", text_root / "tokenizer", device, dtype)
     return LTXComponents(
-        transformer=_materialise(transformer, dtype), vae=_materialise(vae, dtype),
-        latent_upsampler=_materialise(upsampler, dtype), text_encoder=text_encoder, tokenizer=tokenizer,
+        transformer=_materialise(transformer, dtype,
+                                 keep_fp8=_block_linear_weights(transformer) if prefer_fp8 else frozenset()),
+        vae=_materialise(vae, dtype),
+        latent_upsampler=_materialise(upsampler, UPSAMPLER_DTYPE), text_encoder=text_encoder, tokenizer=tokenizer,
         scheduler_config=config.get("scheduler", {}), device=torch.device(device), dtype=dtype, source=str(folder),
     )
+
+
+def _block_linear_weights(transformer: torch.nn.Module) -> frozenset[str]:
+    """Parameter names of the blocks' Linear weights: the only tensors an fp8 checkpoint may keep in e4m3."""
+    names = {id(linear) for _, _, linear in block_linears(transformer)}
+    return frozenset(f"{n}.weight" for n, m in transformer.named_modules() if id(m) in names)
 
 
 def _load_original_upsampler(path: Path, device: str) -> LTXLatentUpsamplerModel:
@@ -322,10 +350,10 @@ def _load_diffusers_upsampler(folder: Path, device: str, dtype: torch.dtype) -> 
     elif len(nested) > 1:
         raise CheckpointError(f"{folder}: several latent upsamplers ({', '.join(str(p) for p in nested)})")
     elif (folder / UPSCALER_NAME).exists():
-        return _materialise(_load_original_upsampler(folder / UPSCALER_NAME, device), dtype)
+        return _materialise(_load_original_upsampler(folder / UPSCALER_NAME, device), UPSAMPLER_DTYPE)
     else:
         raise CheckpointError(f"{folder}: missing latent_upsampler/ (or the upscaler's folder, or {UPSCALER_NAME})")
-    return LTXLatentUpsamplerModel.from_pretrained(source, local_files_only=True, torch_dtype=dtype)
+    return LTXLatentUpsamplerModel.from_pretrained(source, local_files_only=True, torch_dtype=UPSAMPLER_DTYPE)
 
 
 def _load_text(encoder_dir: Path, tokenizer_dir: Path, device: str, dtype: torch.dtype):
@@ -370,21 +398,28 @@ def check_scheduler(config: dict) -> None:
 
 
 def load_components(model: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> LTXComponents:
-    """'tiny' builds the random-weight model; a path is an original-layout or diffusers-layout folder."""
+                    dtype: torch.dtype = torch.float32, fp8: Fp8Matmul | None = None) -> LTXComponents:
+    """'tiny' builds the random-weight model; a path is an original-layout or diffusers-layout folder.
+
+    `dtype` is the compute dtype of the transformer, VAE and T5 (the upsampler stays fp32). `fp8` ("scaled_mm" or
+    "dequant") stores the transformer blocks' Linear weights in scaled e4m3 (engine/fp8.py); an original-layout
+    folder that holds Lightricks' fp8 checkpoint is then loaded from it."""
     device = str(device)
     if str(model) == "tiny":
-        return build_tiny_components().to(device, dtype)
-    folder = Path(model)
-    if folder.is_file():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise CheckpointError(f"model path {folder} does not exist")
-    if (folder / "model_index.json").exists() or (folder / "transformer" / "config.json").exists():
-        components = load_diffusers_layout(folder, device, dtype)
+        components = build_tiny_components().to(device, dtype)
     else:
-        components = load_original_layout(folder, device, dtype)
-    check_scheduler(components.scheduler_config)
+        folder = Path(model)
+        if folder.is_file():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise CheckpointError(f"model path {folder} does not exist")
+        if (folder / "model_index.json").exists() or (folder / "transformer" / "config.json").exists():
+            components = load_diffusers_layout(folder, device, dtype)
+        else:
+            components = load_original_layout(folder, device, dtype, prefer_fp8=fp8 is not None)
+        check_scheduler(components.scheduler_config)
+    if fp8 is not None:
+        convert_transformer_to_fp8(components.transformer, fp8)
     return components
 
 
@@ -462,11 +497,16 @@ def _reference_transformer_config(t: LTXVideoTransformer3DModel) -> dict:
     }
 
 
-def save_original_layout(c: LTXComponents, directory: Path) -> None:
+def save_original_layout(c: LTXComponents, directory: Path, *, fp8_blocks: bool = False) -> None:
+    """The original layout. `fp8_blocks` writes the checkpoint as Lightricks' fp8 file instead
+    (FP8_CHECKPOINT_NAME): the blocks' Linear weights cast to e4m3 without scales, everything else bf16."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
+    fp8_names = _block_linear_weights(c.transformer) if fp8_blocks else frozenset()
     for k, v in c.transformer.state_dict().items():
+        if fp8_blocks:
+            v = v.to(FP8) if k in fp8_names else v.to(torch.bfloat16)
         for a, b in _TRANSFORMER_RENAMES:
             k = k.replace(b, a)
         tensors[TRANSFORMER_PREFIX + k] = v.detach().contiguous().cpu()
@@ -476,7 +516,8 @@ def save_original_layout(c: LTXComponents, directory: Path) -> None:
         tensors[VAE_PREFIX + _translate(k, pairs, reverse=True)] = v.detach().contiguous().cpu()
     config = {"transformer": _reference_transformer_config(c.transformer), "vae": vcfg,
               "scheduler": c.scheduler_config or TINY_SCHEDULER}
-    save_file(tensors, directory / CHECKPOINT_NAME, metadata={"config": json.dumps(config)})
+    save_file(tensors, directory / (FP8_CHECKPOINT_NAME if fp8_blocks else CHECKPOINT_NAME),
+              metadata={"config": json.dumps(config)})
     ucfg = {"_class_name": "LatentUpsampler", **{k: c.latent_upsampler.config[k] for k in TINY_UPSAMPLER}}
     save_file({k: v.contiguous().cpu() for k, v in c.latent_upsampler.state_dict().items()},
               directory / UPSCALER_NAME, metadata={"config": json.dumps(ucfg)})

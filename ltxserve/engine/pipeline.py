@@ -10,6 +10,13 @@ LTXVideoPipeline.__call__; ltx_video/inference.py), with its names:
 Randomness reproduces the reference's draws exactly (same shapes, same order): `generator` is the reference's
 torch.Generator; `global_rng` stands in for torch's default generator (which the reference uses for the VAE's
 posterior samples and the decode noise), so a server never touches process-global RNG state.
+
+Number formats follow the reference run in reduced precision (`precision: bfloat16`): the transformer, VAE and T5
+compute in `c.dtype`; the latent upsampler stays fp32; the initial noise and the conditioning latents are in the
+compute dtype, and the latents become fp32 at the first Euler step (fp32 timesteps times the model's output) and stay
+fp32 between steps, cast to the compute dtype only at the model's input; pass 2 casts its starting latents back to the
+compute dtype as the reference's prepare_latents does; the decode mixes its noise in fp32, casts to the VAE's dtype
+before un-normalising, and gets an fp32 timestep.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from ltxserve.engine.plan import (
     guidance_schedule,
     pass_timesteps,
 )
+from ltxserve.engine.segmented import is_segmented
 from ltxserve.engine.stg import STGController
 
 TEXT_MAX_TOKENS = 256
@@ -88,7 +96,8 @@ def un_normalize_latents(c: LTXComponents, latents: torch.Tensor) -> torch.Tenso
 
 
 def vae_encode(c: LTXComponents, media: torch.Tensor, global_rng: torch.Generator) -> torch.Tensor:
-    """Posterior *sample* (the reference's latent_dist.sample(), from the global RNG), normalised per channel."""
+    """Posterior *sample* (the reference's latent_dist.sample(), from the global RNG), normalised per channel, in
+    the VAE's dtype."""
     posterior = c.vae.encode(media.to(device=c.device, dtype=c.dtype)).latent_dist
     return normalize_latents(c, posterior.sample(generator=global_rng))
 
@@ -184,10 +193,11 @@ def denoise_pass(
     h, w = height // VAE_SPATIAL_SCALE, width // VAE_SPATIAL_SCALE
     shape = (1, channels, f, h, w)
 
-    # prepare_latents: noise in token layout; noised to the first timestep when latents are given (pass 2)
+    # prepare_latents: noise in token layout, in the compute dtype; given latents (pass 2) are cast to it and noised
+    # to the first timestep (a 0-dim fp32 factor keeps them in the compute dtype, as in the reference)
     noise = token_noise(shape, generator, device, dtype)
     t0 = timesteps[0]
-    latents = noise if latents is None else t0 * noise + (1 - t0) * latents
+    latents = noise if latents is None else t0 * noise + (1 - t0) * latents.to(device=device, dtype=dtype)
 
     # prepare_conditioning: the image at this pass's size, encoded, written over the first latent frame(s)
     media = F.interpolate(image[:, :, 0], size=(height, width), mode="bilinear", align_corners=False)[:, :, None]
@@ -200,6 +210,12 @@ def denoise_pass(
 
     tokens = patchify(latents)
     mask_tokens = mask.reshape(1, -1)
+    # The per-token timestep min(t, 1 - mask) has one value on the conditioned tokens (the first f_cond latent
+    # frames, which lead the token order) and one on the rest: the transformer gets it per segment (segmented.py).
+    n_cond = f_cond * h * w
+    segments = (0, n_cond, f * h * w) if 0 < n_cond < f * h * w else (0, f * h * w)
+    segment_mask = torch.tensor([1.0, 0.0] if len(segments) == 3 else [float(n_cond > 0)], device=device)
+    segmented = is_segmented(c.transformer)
     init_tokens = tokens.clone()
     coords = pixel_coords(f, h, w, frame_rate, device)
     hard_conditioned = (mask_tokens > 1.0 - 1e-6).unsqueeze(-1)
@@ -209,8 +225,10 @@ def denoise_pass(
         if should_cancel is not None and should_cancel():
             raise JobCancelled()
         t = timesteps[i]
-        # add_noise_to_image_conditioning_latents: fresh noise on the hard-conditioned tokens, every step
-        cond_noise = torch.randn(tokens.shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+        # add_noise_to_image_conditioning_latents: fresh noise on the hard-conditioned tokens, every step, drawn in
+        # the latents' current dtype (compute dtype at the first step, fp32 after it) as the reference draws it
+        cond_noise = torch.randn(tokens.shape, generator=generator, device=generator.device,
+                                 dtype=tokens.dtype).to(device)
         tokens = torch.where(hard_conditioned, init_tokens + image_cond_noise_scale * cond_noise * (t**2), tokens)
 
         if g.do_cfg and g.do_stg:
@@ -229,17 +247,25 @@ def denoise_pass(
         stg.set(g.skip_block_list, perturbed)
 
         per_token_t = torch.minimum(t.expand(n, tokens.shape[1]), 1.0 - mask_tokens.expand(n, -1))
+        if segmented:
+            timestep = torch.minimum(t.expand(n, len(segments) - 1), 1.0 - segment_mask.expand(n, -1))
+            by_segment = dict(segments=segments)
+        else:
+            timestep, by_segment = per_token_t, {}
         noise_pred = c.transformer(
-            hidden_states=tokens.expand(n, -1, -1),  # c.dtype; not transformer.dtype, which walks every parameter
+            # cast at the model boundary; c.dtype, not transformer.dtype, which walks every parameter
+            hidden_states=tokens.to(dtype).expand(n, -1, -1),
             encoder_hidden_states=text.embeds[rows],
-            timestep=per_token_t * TIMESTEP_SCALE,
+            timestep=timestep * TIMESTEP_SCALE,
             encoder_attention_mask=text.mask[rows],
             video_coords=coords.expand(n, -1, -1),
             return_dict=False,
+            **by_segment,
         )[0].to(dtype)
         noise_pred = guide(noise_pred, g, p.cfg_star_rescale)
 
-        # denoising_step: Euler to each token's next lower timestep, only where t > 1 - mask
+        # denoising_step: Euler to each token's next lower timestep, only where t > 1 - mask; fp32 timesteps
+        # promote the result, so the latents are fp32 from here on whatever the compute dtype
         token_t = per_token_t[:1]
         dt = (token_t - lower_timesteps(token_t, timesteps)).unsqueeze(-1)
         stepped = tokens - dt * noise_pred
@@ -276,7 +302,8 @@ def generate_frames(
                            width=geo.first_pass_width, height=geo.first_pass_height, latents=None, stage="pass 1",
                            **common)
 
-    # Latent upsampling, with AdaIN against the first pass's statistics.
+    # Latent upsampling in fp32 (the upsampler's weights stay fp32), with AdaIN against the first pass's statistics.
+    latents = latents.float()
     upsampled = normalize_latents(c, c.latent_upsampler(un_normalize_latents(c, latents)))
     upsampled = adain_filter_latent(upsampled, reference_latents=latents)
 
@@ -288,16 +315,28 @@ def generate_frames(
     # Decode: timestep-conditioned VAE with a little noise, as the reference.
     # The reference's randn_like keeps the unpatchified latents' strides (channels fastest), and the RNG fills
     # memory in that order: empty_like + normal_ on the same view draws the very same numbers.
+    # The latents are fp32 here: the noise is drawn and mixed in fp32, then cast to the VAE's dtype before
+    # un-normalising (vae_decode's `latents.to(vae.dtype)`); the decode timestep stays fp32.
+    latents = latents.float()
     decode_noise = torch.empty_like(latents).normal_(generator=global_rng)
     latents = latents * (1 - config.decode_noise_scale) + decode_noise * config.decode_noise_scale
-    timestep = torch.tensor([config.decode_timestep], device=c.device, dtype=c.dtype)
-    video = c.vae.decode(un_normalize_latents(c, latents), temb=timestep, return_dict=False)[0]
-    video = (video / 2 + 0.5).clamp(0, 1)
+    timestep = torch.tensor([config.decode_timestep], device=c.device, dtype=torch.float32)
+    video = c.vae.decode(un_normalize_latents(c, latents.to(c.dtype)), temb=timestep, return_dict=False)[0]
+    return video_to_uint8(video, geo)
 
-    # Resize to the padded size (bilinear, frame by frame), crop padding and frames, truncate to uint8.
-    frames = video[0].transpose(0, 1)  # (F, 3, H, W)
-    frames = F.interpolate(frames.float(), size=(geo.height_padded, geo.width_padded), mode="bilinear",
-                           align_corners=False)
+
+def video_to_uint8(video: torch.Tensor, geo: Geometry, frames_per_chunk: int = 16) -> np.ndarray:
+    """(1, 3, F, H, W) VAE output in [-1, 1] → uint8 (num_frames, height, width, 3), as the reference: to [0, 1] and
+    the bilinear resize to the padded size in the VAE's dtype, then fp32, x255 and a truncating cast. Done on the
+    device in chunks of frames, so only uint8 frames cross to the host and no full-video fp32 copy is made."""
     left, right, top, bottom = geo.padding
-    frames = frames[: geo.num_frames, :, top: geo.height_padded - bottom, left: geo.width_padded - right]
-    return (frames.permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
+    out = np.empty((geo.num_frames, geo.height, geo.width, 3), dtype=np.uint8)
+    for start in range(0, geo.num_frames, frames_per_chunk):
+        chunk = video[0, :, start: min(start + frames_per_chunk, geo.num_frames)].transpose(0, 1)  # (f, 3, H, W)
+        chunk = (chunk / 2 + 0.5).clamp(0, 1)
+        chunk = F.interpolate(chunk, size=(geo.height_padded, geo.width_padded), mode="bilinear",
+                              align_corners=False)
+        chunk = chunk[:, :, top: geo.height_padded - bottom, left: geo.width_padded - right]
+        chunk = (chunk.float() * 255).to(torch.uint8).permute(0, 2, 3, 1)
+        out[start: start + chunk.shape[0]] = chunk.cpu().numpy()
+    return out

@@ -220,6 +220,8 @@ class Placement:
     host_bytes: int = 0  # weights kept in host memory (offload / sequential)
     request: RequestSize = RequestSize()
     reason: str = ""
+    # offload mode: components that stay on the GPU for the whole job; the others visit it for their stage
+    resident: tuple[str, ...] = ()
 
     @property
     def text_encoder_offloaded(self) -> bool:

@@ -1,4 +1,4 @@
-"""Applying a placement: the model-level offloader's swaps, fp8 storage and VAE tiling on real (tiny) classes."""
+"""Applying a placement: residents stay, visitors swap, host copies are never copied back, VAE tiling."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
 from torch import nn
 
-from ltxserve.engine.offload import FP8_STORAGE, ModelOffloader, apply_placement
+from ltxserve.engine.offload import HostCopies, ModelOffloader, apply_placement
 from ltxserve.engine.placement import Placement
 
 
-def test_offloader_keeps_one_component_on_the_device():
+def test_offloader_keeps_one_visitor_on_the_device():
     modules = {"text_encoder": nn.Linear(2, 2), "transformer": nn.Linear(2, 2), "vae": nn.Linear(2, 2)}
     moves: list[tuple[str, str]] = []
     names = {id(m): n for n, m in modules.items()}
@@ -36,6 +36,32 @@ def test_offloader_keeps_one_component_on_the_device():
     assert len(moves) == 5
 
 
+def test_residents_stay_and_the_visitor_leaves_when_a_resident_starts():
+    modules = {"text_encoder": nn.Linear(2, 2), "transformer": nn.Linear(2, 2), "vae": nn.Linear(2, 2)}
+    moves: list[tuple[str, str]] = []
+    names = {id(m): n for n, m in modules.items()}
+    offloader = ModelOffloader(modules, "cuda", move=lambda m, d: moves.append((names[id(m)], d.type)),
+                               resident=("transformer", "vae"))
+    assert moves == [("transformer", "cuda"), ("vae", "cuda")]  # moved once, at placement
+    x = torch.zeros(1, 2)
+    modules["text_encoder"](x)
+    modules["transformer"](x)  # T5 goes home; the transformer does not move
+    modules["vae"](x)
+    modules["transformer"](x)
+    assert moves[2:] == [("text_encoder", "cuda"), ("text_encoder", "cpu")]
+    assert offloader.active is None
+
+
+def test_host_copies_are_reused_not_copied_back():
+    layer = nn.Linear(4, 4)
+    host_weight = layer.weight.data
+    copies = HostCopies(layer, torch.device("cpu"))
+    assert layer.weight.data.data_ptr() == host_weight.data_ptr()  # on the host already: kept, not cloned
+    copies.to_device()
+    copies.to_host()
+    assert layer.weight.data.data_ptr() == host_weight.data_ptr()  # pointed back at the host copy, no copy made
+
+
 @dataclass
 class _Components:
     text_encoder: nn.Module
@@ -43,6 +69,7 @@ class _Components:
     latent_upsampler: nn.Module
     vae: nn.Module
     dtype: torch.dtype
+    device: torch.device = torch.device("cpu")
 
 
 def _tiny_components() -> _Components:
@@ -57,32 +84,21 @@ def _tiny_components() -> _Components:
     return _Components(nn.Linear(4, 4), transformer, nn.Linear(4, 4), vae, torch.float32)
 
 
-def _placement(memory: str, dtype: str, decode: str) -> Placement:
-    return Placement(memory=memory, dtype=dtype, vae_decode=decode, peak_bytes=0, free_bytes=0)  # type: ignore[arg-type]
+def _placement(memory: str, decode: str, resident: tuple[str, ...] = ()) -> Placement:
+    return Placement(memory=memory, dtype="bf16", vae_decode=decode, peak_bytes=0, free_bytes=0,  # type: ignore[arg-type]
+                     resident=resident)
 
 
-def test_fp8_stores_transformer_linear_weights_in_float8_and_still_runs():
+def test_offload_mode_returns_an_offloader_with_the_placements_residents():
     c = _tiny_components()
-    apply_placement(c, _placement("gpu", "fp8", "tiled"), "cpu")
-
-    # The blocks' attention and feed-forward weights (nearly all of the 13B's parameters) are stored in fp8.
-    linears = [m for m in c.transformer.transformer_blocks.modules() if isinstance(m, nn.Linear)]
-    assert linears and all(m.weight.dtype == FP8_STORAGE for m in linears)
-    assert c.vae.use_tiling
-    out = c.transformer(
-        hidden_states=torch.randn(1, 2 * 2 * 2, 8),
-        encoder_hidden_states=torch.randn(1, 3, 16),
-        timestep=torch.tensor([500]),
-        encoder_attention_mask=torch.ones(1, 3),
-        num_frames=2, height=2, width=2,
-    ).sample
-    assert out.shape == (1, 8, 8) and torch.isfinite(out).all()
-
-
-def test_offload_mode_returns_an_offloader_and_leaves_weights_in_bf16_or_given_dtype():
-    c = _tiny_components()
-    offloader = apply_placement(c, _placement("offload", "bf16", "full"), "cpu")
+    offloader = apply_placement(c, _placement("offload", "tiled", ("transformer", "vae")), "cpu")
     assert isinstance(offloader, ModelOffloader)
-    assert not c.vae.use_tiling
-    assert all(p.dtype == torch.float32 for p in c.transformer.parameters())
+    assert offloader.resident == ("transformer", "vae") and c.vae.use_tiling
+    assert c.device == torch.device("cpu")
     offloader.remove()
+
+
+def test_gpu_mode_has_no_offloader_and_full_decode():
+    c = _tiny_components()
+    assert apply_placement(c, _placement("gpu", "full"), "cpu") is None
+    assert not c.vae.use_tiling
