@@ -16,8 +16,7 @@ from ltxserve.cli_flags import SettingsError, add_settings_flags, settings_from_
 
 SERVE_SETTINGS = (
     "host", "port", "data_dir", "workers", "model", "device", "dtype", "fp8_matmul", "memory", "api_keys", "tls_cert",
-    "tls_key",
-    "public_url", "allow_unauthenticated_public", "endpoints", "weights_dir", "worker_max_failed_starts",
+    "tls_key", "public_url", "allow_unauthenticated_public", "endpoints", "weights_dir", "worker_max_failed_starts",
     "log_level", "log_format", "access_log",
 )
 
