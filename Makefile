@@ -3,8 +3,9 @@
 
 PYTHON ?= python3
 VENV   ?= .venv
-# torch is installed first and pinned: on a CUDA machine PyPI's build is the CUDA one; override e.g. TORCH="torch==2.14.1"
-TORCH  ?= torch==2.13.0
+# torch is pinned in constraints.txt, the one pin the image (Dockerfile.cuda) uses too. On Linux x86_64 PyPI's build
+# is the CUDA one, so the same command sets up a GPU machine; override with e.g. CONSTRAINTS=my-constraints.txt.
+CONSTRAINTS ?= constraints.txt
 ARGS   ?=
 
 BIN := $(VENV)/bin
@@ -15,9 +16,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[test]"
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install -c $(CONSTRAINTS) torch
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,7 +1,8 @@
 """The `ltxserve` command: serve, generate, tls init, weights, doctor.
 
-Every flag overrides its LTXSERVE_* environment variable; what neither sets keeps the Settings default.
-Subcommands import their machinery lazily, so `ltxserve serve` starts without importing torch in the API process.
+Every flag overrides its LTXSERVE_* environment variable; what neither sets keeps the Settings default (one mapping
+for all commands: ltxserve/cli_flags.py). Subcommands import their machinery lazily, so `ltxserve serve` starts
+without importing torch in the API process.
 """
 
 from __future__ import annotations
@@ -10,55 +11,35 @@ import argparse
 import sys
 from pathlib import Path
 
-from ltxserve.config import Settings
+from ltxserve import __version__
+from ltxserve.cli_flags import SettingsError, add_settings_flags, settings_from_args
 
-
-def settings_from_args(args: argparse.Namespace, **extra) -> Settings:
-    """Settings from the environment, overridden by the flags the user actually gave."""
-    overrides = {}
-    mapping = {
-        "host": "host", "port": "port", "data_dir": "data_dir", "workers": "workers", "model": "model",
-        "api_key": "api_keys", "tls_cert": "tls_cert", "tls_key": "tls_key", "public_url": "public_url",
-        "allow_unauthenticated_public": "allow_unauthenticated_public", "endpoint": "endpoints",
-        "device": "device", "dtype": "dtype", "memory": "memory",
-    }
-    for arg, field in mapping.items():
-        value = getattr(args, arg, None)
-        if value is not None and value is not False:
-            overrides[field] = value
-    overrides.update(extra)
-    return Settings(**overrides)
+SERVE_SETTINGS = (
+    "host", "port", "data_dir", "workers", "model", "device", "dtype", "fp8_matmul", "memory", "api_keys", "tls_cert",
+    "tls_key", "public_url", "allow_unauthenticated_public", "endpoints", "weights_dir", "worker_max_failed_starts",
+    "log_level", "log_format", "access_log",
+)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve the fal queue API with GPU workers")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--data-dir", type=Path, help="jobs database and files (default ./data)")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per GPU, else one)")
-    p.add_argument("--model", help="auto | tiny | PATH (default auto)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", help="auto | bf16 | fp16 | fp32 | fp8")
-    p.add_argument("--memory", help="auto | gpu | offload | sequential")
-    p.add_argument("--api-key", action="append", metavar="KEY", help="accepted API key (repeatable)")
-    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM), e.g. from `ltxserve tls init`")
-    p.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    p.add_argument("--public-url", help="base URL clients reach this server at (for the URLs it hands out)")
-    p.add_argument("--allow-unauthenticated-public", action="store_true",
-                   help="allow a non-loopback --host with no API key")
-    p.add_argument("--endpoint", action="append", metavar="MODULE:SPEC",
-                   help="endpoint spec to serve (repeatable; default the LTX image-to-video endpoint)")
+    p = sub.add_parser("serve", help="serve the fal queue API with GPU workers",
+                       description="Serve the fal queue API (/queue, /run, /api/fal/proxy) with one worker per GPU.")
+    add_settings_flags(p, SERVE_SETTINGS)
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from ltxserve.api.server import ConfigurationError, serve
+    from ltxserve.worker.supervisor import WorkersFailed
 
     try:
         serve(settings_from_args(args))
     except ConfigurationError as exc:
         print(f"ltxserve: {exc}", file=sys.stderr)
         return 2
+    except WorkersFailed as exc:
+        print(f"ltxserve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -96,8 +77,19 @@ def _generate(args: argparse.Namespace) -> int:
     return int(generate_main(args) or 0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the full usage is in --help); subcommand parsers inherit this class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ltxserve", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="ltxserve", description="Self-hosted LTX-Video 0.9.7 13B image-to-video behind fal.ai's queue protocol.",
+        epilog="Every flag also has an LTXSERVE_* environment variable (shown in each command's --help).",
+    )
+    parser.add_argument("--version", action="version", version=f"ltxserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_generate(sub)
@@ -112,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:  # a bad LTXSERVE_* value: one line each, no traceback
+        for line in str(exc).splitlines():
+            print(f"ltxserve: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,11 +7,17 @@ the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LTX_I2V_ENDPOINT = "ltxserve.engine.schema:SPEC"
+
+Dtype = Literal["auto", "bf16", "fp16", "fp32", "fp8"]
+Memory = Literal["auto", "gpu", "offload", "sequential"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -44,6 +50,16 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=2, description="A job whose worker died is retried until this many attempts.")
     worker_heartbeat_seconds: float = 2.0
     worker_restart_backoff_seconds: float = 1.0
+    worker_max_failed_starts: int = Field(
+        default=3, ge=1,
+        description="Consecutive worker starts that die before the model loads, after which the slot is not "
+        "restarted; when every slot gives up, queued jobs fail with the reason and `serve` exits non-zero.",
+    )
+
+    # --- logging -------------------------------------------------------------------------------------------------
+    log_level: LogLevel = Field(default="info", description="Server and worker log level.")
+    log_format: LogFormat = Field(default="text", description="text, or json: one JSON object per line.")
+    access_log: bool = Field(default=False, description="Log every HTTP request (method, path, status).")
 
     # --- webhooks ------------------------------------------------------------------------------------------------
     webhook_max_attempts: int = 10
@@ -54,26 +70,28 @@ class Settings(BaseSettings):
 
     # --- engine --------------------------------------------------------------------------------------------------
     model: str = Field(default="auto", description="auto | tiny | PATH to a checkpoint folder or file.")
-    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    dtype: str = Field(default="auto", description="auto | bf16 | fp16 | fp32 | fp8 (fp8: transformer weights only)")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    dtype: Dtype = Field(default="auto", description="Weight dtype (fp8: transformer weights only).")
     use_triton_kernels: bool = True
-    fp8_matmul: str = Field(
+    fp8_matmul: Literal["auto", "scaled_mm", "dequant"] = Field(
         default="auto",
-        description="auto | scaled_mm | dequant: with --dtype fp8, multiply in fp8 (auto: on GPUs of compute "
-                    "capability 8.9+) or dequantize the fp8 weights to bf16 per layer (any device).",
+        description="With --dtype fp8, multiply in fp8 (auto: on GPUs of compute capability 8.9+) or dequantize the "
+                    "fp8 weights to bf16 per layer (any device).",
     )
-    memory: str = Field(
-        default="auto", description="auto | gpu | offload | sequential: where the model's components live (placement)."
-    )
+    memory: Memory = Field(default="auto", description="Where the model's components live (placement).")
 
     # --- weights (weights.lock, `ltxserve weights`) ------------------------------------------------------------
     weights_dir: Path = Field(default=Path("./weights"), description="Folder holding the pinned 13B weights.")
     weights_lock: Path | None = Field(default=None, description="weights.lock to use; default: the one shipped.")
-    weights_base_url: str = Field(default="https://huggingface.co", description="Hub to download weights from.")
+    weights_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LTXSERVE_WEIGHTS_BASE_URL", "HF_ENDPOINT", "weights_base_url"),
+        description="Hub (or mirror) to confirm and download weights from; default huggingface_hub's (HF_ENDPOINT).",
+    )
     hf_token: str | None = Field(
         default=None,
         validation_alias=AliasChoices("LTXSERVE_HF_TOKEN", "HF_TOKEN", "hf_token"),
-        description="Token for gated / private repositories; sent only to weights_base_url.",
+        description="Token for gated / private repositories (weights and Hub LoRAs); sent only to the Hub.",
     )
     weights_auto_pull: bool = Field(default=True, description="Pull missing weights when serving the 13B model.")
     weights_pull_workers: int = Field(default=4, description="Files downloaded in parallel.")

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ltxserve.cli_flags import add_settings_flags, settings_from_args
 from ltxserve.config import Settings
 from ltxserve.engine.placement import (
     ALL_RESIDENT,
     HOST_PROCESS_BYTES,
-    DTYPE_CHOICES,
-    MEMORY_CHOICES,
     GiB,
     Placement,
     PlacementError,
@@ -141,10 +140,7 @@ def driver_version() -> str | None:
 
 def add_doctor_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("doctor", help="show the GPU, the weights and the memory plan for this machine")
-    parser.add_argument("--weights-dir", type=Path, help="weights folder (LTXSERVE_WEIGHTS_DIR)")
-    parser.add_argument("--lock", type=Path, help="weights.lock to use (LTXSERVE_WEIGHTS_LOCK)")
-    parser.add_argument("--memory", choices=MEMORY_CHOICES, help="placement to check (LTXSERVE_MEMORY; auto)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="weight dtype to check (LTXSERVE_DTYPE; auto)")
+    add_settings_flags(parser, ("weights_dir", "weights_lock", "memory", "dtype"))
     parser.add_argument("--width", type=int, default=1280, help="request width to plan for (default 1280)")
     parser.add_argument("--height", type=int, default=720, help="request height to plan for (default 720)")
     parser.add_argument("--num-frames", type=int, default=121, help="request frames to plan for (default 121)")
@@ -155,13 +151,7 @@ def add_doctor_arguments(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def _settings(args: argparse.Namespace, settings: Settings | None) -> Settings:
-    overrides = {
-        "weights_dir": getattr(args, "weights_dir", None),
-        "weights_lock": getattr(args, "lock", None),
-        "memory": getattr(args, "memory", None),
-        "dtype": getattr(args, "dtype", None),
-    }
-    return (settings or Settings()).model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return settings_from_args(args, base=settings)
 
 
 def _weights_section(settings: Settings, verify: bool, out: Callable[[str], None]) -> bool:
@@ -179,6 +169,11 @@ def _weights_section(settings: Settings, verify: bool, out: Callable[[str], None
     if unpinned:
         out(f"  note: no pinned revision for {', '.join(unpinned)}: `weights pull` refuses them; use "
             "`ltxserve weights pin` or `ltxserve weights import DIR`")
+    files = [f for c in lock.select() for f in c.files]
+    unconfirmed = sum(1 for f in files if not f.verified)
+    if unconfirmed:
+        out(f"  {unconfirmed} of {len(files)} lock entries not yet confirmed with the Hub (`ltxserve weights pull` "
+            "confirms every file at its pinned revision and records the publisher's sha256 and size)")
     if report.ok:
         out("  all required weights present and verified")
     elif all(s.state in (FileState.OK, FileState.UNCHECKED) for s in report.statuses):

@@ -43,7 +43,8 @@ def test_cpu_machine_says_what_it_would_do(monkeypatch, settings):
         assert f"{gb:>3} GB card:" in out
     assert "80 GB card: gpu" in out
     assert "missing" in out and "ltxv-13b-0.9.7-dev.safetensors" in out
-    assert "no pinned revision" in out
+    assert "no pinned revision" not in out  # the shipped lock pins every component
+    assert "not yet confirmed with the Hub" in out
 
 
 def test_gpu_machine_prints_the_plan(monkeypatch, settings):

@@ -13,10 +13,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore
 
-# Generation-time histogram buckets (seconds): from tiny CPU jobs to long 720p videos.
-_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
-
-
 class _StoreCollector:
     """Computed at scrape time from the store, so the figures are the same whichever API process is scraped."""
 
@@ -27,7 +23,7 @@ class _StoreCollector:
     def collect(self):
         with self._lock:
             counts = self.store.counts()
-            times = self.store.inference_times()
+            histogram = self.store.generation_histogram()
         depth = GaugeMetricFamily("ltxserve_queue_depth", "Jobs waiting in the queue")
         depth.add_metric([], counts.in_queue)
         yield depth
@@ -37,15 +33,26 @@ class _StoreCollector:
         jobs.add_metric(["COMPLETED_OK"], counts.completed_ok)
         jobs.add_metric(["COMPLETED_ERROR"], counts.completed_error)
         yield jobs
-        buckets, total = [], 0.0
-        for bound in _BUCKETS:
-            buckets.append((str(float(bound)), sum(1 for t in times if t <= bound)))
-        buckets.append(("+Inf", len(times)))
-        total = sum(times)
+        buckets = [(str(float(bound)), n) for bound, n in histogram.buckets] + [("+Inf", histogram.count)]
         hist = HistogramMetricFamily("ltxserve_generation_seconds",
-                                     "Seconds a worker spent on each completed job still in the store")
-        hist.add_metric([], buckets, total)
+                                     "Seconds a worker spent on each job, observed when the job completed")
+        hist.add_metric([], buckets, histogram.total_seconds)
         yield hist
+
+
+def not_ready_reason(live: list[dict], failing: list[dict]) -> str:
+    """Why no worker serves, in words an operator can act on (a start failure names the file or path)."""
+    if failing:
+        parts = []
+        for w in sorted(failing, key=lambda w: w["info"].get("slot", 0)):
+            info = w["info"]
+            state = ("gave up after" if info.get("gave_up") else "failed") + \
+                f" {info.get('failed_starts')} of {info.get('max_failed_starts')} starts"
+            parts.append(f"worker {info.get('slot', '?')} cannot load its model ({state}): {info['startup_error']}")
+        return "; ".join(parts)
+    if live:
+        return f"{len(live)} worker(s) starting: loading the model"
+    return "no worker is running"
 
 
 def build_health_router(settings: Settings, store: JobStore, jwks_doc: dict) -> APIRouter:
@@ -61,9 +68,13 @@ def build_health_router(settings: Settings, store: JobStore, jwks_doc: dict) -> 
 
     @router.get("/readyz")
     def readyz():
-        live = store.live_workers(max_age)
+        rows = store.live_workers(max_age)
+        failing = [w for w in rows if (w["info"] or {}).get("startup_error")]
+        live = [w for w in rows if w not in failing]
         ready = [w["worker_id"] for w in live if w["ready"]]
         body = {"ready": bool(ready), "workers": len(live), "workers_ready": len(ready)}
+        if not ready:
+            body["reason"] = not_ready_reason(live, failing)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics")

@@ -14,6 +14,7 @@ import torch
 from ltxserve.config import Settings
 from ltxserve.engine.cancel import cancel_between_blocks
 from ltxserve.engine.contract import InputError, JobContext
+from ltxserve.engine.cpu_preview import cpu_note, resize_frames, tiny_cpu_size
 from ltxserve.engine.lora import LoraStore
 from ltxserve.engine.lora import applied as lora_applied
 from ltxserve.engine.media import fetch_image, prepare_conditioning_image, write_mp4
@@ -27,8 +28,8 @@ from ltxserve.engine.schema import ENDPOINT_ID, ImageToVideoInput, ImageToVideoO
 
 log = logging.getLogger("ltxserve.engine")
 
-TINY_WARNING = ("This server runs the TINY random-weight model (no CUDA GPU or no --model given): outputs are noise. "
-                "Serve on a CUDA machine with the 13B weights for real videos.")
+TINY_WARNING = ("This server runs the TINY random-weight model (--model tiny, or --model auto on a machine without a "
+                "CUDA GPU): outputs are noise. Serve on a CUDA machine with the 13B weights for real videos.")
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8": torch.bfloat16}
 
@@ -142,6 +143,12 @@ class ImageToVideoEndpoint:
         width, height = width or inp.width, height or inp.height
         if width is None or height is None:
             width, height = output_size(inp.resolution, inp.aspect_ratio, image.size)
+        output = (width, height)
+        if self.components.is_tiny and self.components.device.type == "cpu":  # see engine/cpu_preview.py
+            work = tiny_cpu_size(width, height, inp.num_frames, self.config.downscale_factor)
+            if work is not None:
+                ctx.log(cpu_note(width, height, work), "WARN")
+                width, height = work
         try:
             geometry = plan_geometry(width, height, inp.num_frames, self.config.downscale_factor)
             config = with_steps(self.config, inp.first_pass_num_inference_steps, inp.first_pass_skip_final_steps,
@@ -175,6 +182,8 @@ class ImageToVideoEndpoint:
                                  seed=seed),
                 on_step=on_step, should_cancel=ctx.cancelled,
             )
+        if (width, height) != output:
+            frames = resize_frames(frames, *output)
         if inp.reverse_video:
             frames = frames[::-1]  # a view: write_mp4 makes each frame contiguous as it streams it
         return GeneratedVideo(frames=frames, seed=seed, prompt=inp.prompt)

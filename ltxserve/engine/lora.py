@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ _RENAMES = (("patchify_proj", "proj_in"), ("adaln_single", "time_embed"), ("q_no
 _PREFIXES = ("transformer.", "diffusion_model.", "model.diffusion_model.", "base_model.model.")
 _KEY = re.compile(r"^(?P<module>.+?)\.(?:(?P<ab>lora_A|lora_B)(?:\.[A-Za-z0-9_-]+)?\.weight|"
                   r"(?P<ud>lora_down|lora_up)\.weight|(?P<alpha>alpha))$")
+_HUB_SCHEME = "hf://"  # how _url_for names a file in a Hugging Face repository
 _HF_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
 
 
@@ -193,6 +195,8 @@ class LoraStore:
 
     # --- sources ------------------------------------------------------------------------------------------------
     def _url_for(self, path: str, weight_name: str | None) -> str | None:
+        """An http(s) URL as given, or `hf://REPO@REVISION#FILE` for a Hugging Face repository (fetched by
+        huggingface_hub: HF_TOKEN, HF_ENDPOINT mirrors, resumed transfers, offline mode); None for a local path."""
         if path.startswith(("http://", "https://")):
             return path
         if _HF_REPO.match(path) and not Path(path).exists():
@@ -200,7 +204,7 @@ class LoraStore:
             if not weight_name:
                 raise InputError(f"LoRA {path}: give weight_name (the .safetensors file in the repository)",
                                  loc=("body", "loras"))
-            return f"{self.settings.weights_base_url.rstrip('/')}/{repo}/resolve/{revision or 'main'}/{weight_name}"
+            return f"{_HUB_SCHEME}{repo}@{revision or 'main'}#{weight_name}"
         return None
 
     def _local(self, path: str, weight_name: str | None) -> Path:
@@ -216,40 +220,112 @@ class LoraStore:
             raise InputError(f"LoRA file {resolved} does not exist", loc=("body", "loras"))
         return resolved
 
-    def _index(self) -> dict[str, str]:
-        index = self.cache_dir / "urls.json"
-        return json.loads(index.read_text()) if index.exists() else {}
+    def _index(self, update: dict[str, str] | None = None, drop: set[str] | None = None) -> dict[str, str]:
+        """The source -> content digest index of the disk cache. Updates are read-modify-write under an
+        inter-process lock and land atomically (temp file + rename), so workers sharing the cache never lose or
+        tear an entry; plain reads need no lock."""
+        index_path = self.cache_dir / "urls.json"
+
+        def read() -> dict[str, str]:
+            try:
+                return json.loads(index_path.read_text())
+            except (FileNotFoundError, ValueError):
+                return {}
+
+        if update is None and drop is None:
+            return read()
+        from filelock import FileLock
+
+        with FileLock(str(self.cache_dir / ".urls.json.lock")):
+            index = read()
+            index.update(update or {})
+            for digest in drop or ():
+                index = {k: v for k, v in index.items() if v != digest}
+            fd, tmp = tempfile.mkstemp(prefix=".urls.", dir=self.cache_dir)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(index, fh)
+            os.replace(tmp, index_path)
+            return index
 
     def _fetch(self, url: str) -> Path:
-        with self._lock:
-            digest = self._index().get(url)
+        digest = self._index().get(url)
         if digest and (self.cache_dir / f"{digest}.safetensors").exists():
             path = self.cache_dir / f"{digest}.safetensors"
             os.utime(path)  # recently used
             return path
-        try:
-            data = fetch_bytes(url, self.settings, max_bytes=self.settings.lora_max_bytes)
-        except FetchError as exc:
-            raise InputError(f"Could not fetch LoRA {url}: {exc}", loc=("body", "loras")) from None
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.cache_dir / f"{digest}.safetensors"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        with self._lock:
-            index = self._index()
-            index[url] = digest
-            (self.cache_dir / "urls.json").write_text(json.dumps(index))
+        if url.startswith(_HUB_SCHEME):
+            digest, path = self._fetch_from_hub(url)
+        else:
+            try:
+                data = fetch_bytes(url, self.settings, max_bytes=self.settings.lora_max_bytes)
+            except FetchError as exc:
+                raise InputError(f"Could not fetch LoRA {url}: {exc}", loc=("body", "loras")) from None
+            digest = hashlib.sha256(data).hexdigest()
+            path = self.cache_dir / f"{digest}.safetensors"
+            fd, tmp = tempfile.mkstemp(prefix=".lora.", dir=self.cache_dir)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        self._index(update={url: digest})
         self._evict()
         return path
 
+    def _fetch_from_hub(self, url: str) -> tuple[str, Path]:
+        """hf_hub_download into a staging folder of the cache (one process per file at a time), size-checked from
+        the Hub's metadata before any byte moves, then hashed from disk and moved to its content address."""
+        from filelock import FileLock
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        from ltxserve.weights.store import sha256_file
+
+        repo_at_revision, _, filename = url.removeprefix(_HUB_SCHEME).partition("#")
+        repo, _, revision = repo_at_revision.partition("@")
+        staging = self.cache_dir / "hub" / repo.replace("/", "--") / revision
+        staging.mkdir(parents=True, exist_ok=True)
+        kwargs = dict(revision=revision, endpoint=self.settings.weights_base_url, token=self.settings.hf_token)
+        where = f"{repo}@{revision} {filename}"
+        lock_name = hashlib.sha256(url.encode()).hexdigest()[:16]
+        try:
+            with FileLock(str(self.cache_dir / f".{lock_name}.lock")):
+                digest = self._index().get(url)  # another process may have fetched it while we waited
+                if digest and (self.cache_dir / f"{digest}.safetensors").exists():
+                    return digest, self.cache_dir / f"{digest}.safetensors"
+                info = hf_hub_download(repo, filename, dry_run=True, **kwargs)
+                if info.file_size is not None and info.file_size > self.settings.lora_max_bytes:
+                    raise InputError(f"LoRA {where} is larger than {self.settings.lora_max_bytes} bytes",
+                                     loc=("body", "loras"))
+                got = Path(hf_hub_download(repo, filename, local_dir=staging, **kwargs))
+                digest = sha256_file(got)
+                path = self.cache_dir / f"{digest}.safetensors"
+                os.replace(got, path)
+                return digest, path
+        except InputError:
+            raise
+        except OfflineModeIsEnabled:
+            raise InputError(f"Could not fetch LoRA {where}: offline mode (HF_HUB_OFFLINE) is on",
+                             loc=("body", "loras")) from None
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise InputError(f"Could not fetch LoRA {where}: the Hub answered HTTP {status}",
+                             loc=("body", "loras")) from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Could not fetch LoRA {where}: {type(exc).__name__}", loc=("body", "loras")) from None
+
     def _evict(self) -> None:
-        files = sorted(self.cache_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        while files and total > self.settings.lora_cache_bytes:
-            oldest = files.pop(0)
-            total -= oldest.stat().st_size
-            oldest.unlink(missing_ok=True)
+        from filelock import FileLock
+
+        with FileLock(str(self.cache_dir / ".evict.lock")):
+            files = sorted(self.cache_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+            total = sum(p.stat().st_size for p in files)
+            gone = set()
+            while files and total > self.settings.lora_cache_bytes:
+                oldest = files.pop(0)
+                total -= oldest.stat().st_size
+                oldest.unlink(missing_ok=True)
+                gone.add(oldest.stem)
+        if gone:
+            self._index(drop=gone)
 
     # --- loading ------------------------------------------------------------------------------------------------
     def load(self, path: str, weight_name: str | None, transformer: torch.nn.Module) -> LoraAdapter:

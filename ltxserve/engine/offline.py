@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import mimetypes
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,13 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from ltxserve.config import Settings
+from ltxserve.cli_flags import add_settings_flags, settings_from_args
+from ltxserve.logs import configure_logging
 from ltxserve.engine.contract import EndpointError
 from ltxserve.engine.schema import ImageToVideoInput
+
+GENERATE_SETTINGS = ("model", "device", "dtype", "fp8_matmul", "memory", "weights_dir", "log_level", "log_format")
+log = logging.getLogger("ltxserve.generate")
 
 _FIELD_FLAGS = {  # schema field -> (flag, type)
     "prompt": ("--prompt", str), "negative_prompt": ("--negative-prompt", str), "seed": ("--seed", int),
@@ -45,9 +51,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, help="output mp4 (single request)")
     p.add_argument("--output-dir", type=Path, default=Path("."), help="where batch outputs go")
     p.add_argument("--frames-out", type=Path, help="also save the final uint8 frames (F, H, W, 3) as .npy")
-    p.add_argument("--model", help="auto | tiny | PATH (default: LTXSERVE_MODEL or auto)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", help="auto | bf16 | fp16 | fp32")
+    add_settings_flags(p, GENERATE_SETTINGS)
 
 
 def as_image_url(value: str) -> str:
@@ -82,8 +86,8 @@ def _requests(args: argparse.Namespace) -> list[tuple[dict[str, Any], Path]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("model", "device", "dtype") if getattr(args, k, None)}
-    settings = Settings(**overrides)
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level, settings.log_format, "generate")  # a weights pull inside is not silent
     jobs = []
     for req, target in _requests(args):
         if "image_url" in req:
@@ -100,7 +104,15 @@ def main(args: argparse.Namespace) -> int:
     from ltxserve.engine.endpoint import ImageToVideoEndpoint  # torch only once the requests are known good
     from ltxserve.engine.media import write_mp4
 
-    endpoint = ImageToVideoEndpoint(settings)
+    log.info("loading the model (--model %s)", settings.model)
+    started = time.perf_counter()
+    try:
+        endpoint = ImageToVideoEndpoint(settings)
+    except Exception as exc:  # a missing path, unverifiable weights, no network for the first pull: say why, no trace
+        log.debug("model load failed", exc_info=True)
+        print(f"ltxserve generate: cannot load the model: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    log.info("model loaded in %.1f s", time.perf_counter() - started)
     failures = 0
     for inp, target in jobs:
         bar = tqdm(desc=target.name, unit="step", leave=True)

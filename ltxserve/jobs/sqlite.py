@@ -16,7 +16,15 @@ from typing import Any, Iterator
 
 from contextlib import contextmanager
 
-from ltxserve.jobs.store import Job, JobStore, StoreCounts, StoredFile, WebhookDelivery
+from ltxserve.jobs.store import (
+    GENERATION_BUCKETS,
+    GenerationHistogram,
+    Job,
+    JobStore,
+    StoreCounts,
+    StoredFile,
+    WebhookDelivery,
+)
 from ltxserve.protocol import ErrorType, LogEntry, Priority, QueueState
 
 SCHEMA = """
@@ -83,6 +91,11 @@ CREATE TABLE IF NOT EXISTS webhooks (
     gave_up INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (delivered_at, gave_up, next_attempt_at);
+-- Counters that only grow (Prometheus semantics): observed when a job completes, never rebuilt from retained jobs.
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id TEXT PRIMARY KEY,
     ready INTEGER NOT NULL,
@@ -306,6 +319,8 @@ class SqliteJobStore(JobStore):
             (now, _dumps(result), error, error_type, _dumps(error_body), status_code, inference_time,
              now + retention, request_id),
         )
+        if inference_time is not None:
+            self._observe_generation(db, inference_time)
         # Output files live as long as the job that made them.
         db.execute("UPDATE files SET expires_at = ? WHERE request_id = ?", (now + retention, request_id))
         full = db.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
@@ -532,6 +547,26 @@ class SqliteJobStore(JobStore):
             else:
                 c.completed_ok += n
         return c
+
+    @staticmethod
+    def _observe_generation(db: sqlite3.Connection, seconds: float) -> None:
+        bucket = next((b for b in GENERATION_BUCKETS if seconds <= b), None)
+        names = ("generation_count", f"generation_le_{bucket}" if bucket is not None else "generation_le_inf")
+        for name, amount in ((names[0], 1.0), (names[1], 1.0), ("generation_sum", seconds)):
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, amount),
+            )
+
+    def generation_histogram(self) -> GenerationHistogram:
+        values = dict(self._db().execute("SELECT name, value FROM counters WHERE name LIKE 'generation_%'").fetchall())
+        running, buckets = 0, []
+        for bound in GENERATION_BUCKETS:
+            running += int(values.get(f"generation_le_{bound}", 0))
+            buckets.append((bound, running))
+        return GenerationHistogram(buckets, int(values.get("generation_count", 0)),
+                                   float(values.get("generation_sum", 0.0)))
 
     def inference_times(self) -> list[float]:
         rows = self._db().execute(

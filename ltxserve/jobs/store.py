@@ -74,6 +74,23 @@ class WebhookDelivery:
     gave_up: bool = False
 
 
+# Generation-time histogram buckets (seconds): from tiny CPU jobs to long 720p videos.
+GENERATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+
+@dataclass
+class GenerationHistogram:
+    """Cumulative bucket counts (upper bound -> jobs that took at most that long), total count and sum of seconds."""
+
+    buckets: list[tuple[float, int]]
+    count: int
+    total_seconds: float
+
+    @classmethod
+    def of(cls, times: list[float]) -> "GenerationHistogram":
+        return cls([(b, sum(1 for t in times if t <= b)) for b in GENERATION_BUCKETS], len(times), float(sum(times)))
+
+
 @dataclass
 class StoreCounts:
     in_queue: int = 0
@@ -189,6 +206,11 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def inference_times(self) -> list[float]:
         """Seconds spent on each completed job still retained (for the generation-time histogram)."""
+
+    def generation_histogram(self) -> "GenerationHistogram":
+        """The generation-time histogram as Prometheus needs it: counts that only grow. A backend overrides this by
+        observing each completion; this fallback rebuilds it from retained jobs (its counts drop when jobs expire)."""
+        return GenerationHistogram.of(self.inference_times())
 
     # --- workers --------------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ltxserve.cli_flags import add_settings_flags, settings_from_args
 from ltxserve.config import Settings
+from ltxserve.logs import configure_logging
 from ltxserve.weights.fetch import FetchError, pull_weights
 from ltxserve.weights.lock import LockError
 from ltxserve.weights.provision import load_settings_lock, save_recorded
@@ -18,8 +20,7 @@ from ltxserve.weights.store import WeightsError, import_weights, show_weights, v
 
 
 def _add_common(parser: argparse.ArgumentParser, *, selection: bool = True) -> None:
-    parser.add_argument("--weights-dir", type=Path, help="weights folder (LTXSERVE_WEIGHTS_DIR; default ./weights)")
-    parser.add_argument("--lock", type=Path, help="weights.lock to use (LTXSERVE_WEIGHTS_LOCK; default: shipped)")
+    add_settings_flags(parser, ("weights_dir", "weights_lock", "log_level"))
     if selection:
         parser.add_argument(
             "--component", action="append", metavar="NAME", help="only this lock component (repeatable)"
@@ -33,14 +34,16 @@ def add_weights_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     )
     sub = parser.add_subparsers(dest="weights_command", required=True, metavar="pull|verify|import|show|pin")
 
-    pull = sub.add_parser("pull", help="download the lock's files (resumable, parallel, verified)")
+    pull = sub.add_parser(
+        "pull", help="confirm every file with the Hub at its pinned revision, then download what is missing "
+        "(huggingface_hub: resumable, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE), verified"
+    )
     _add_common(pull)
-    pull.add_argument("--workers", type=int, help="files downloaded in parallel (default 4)")
-    pull.add_argument("--base-url", help="Hub base URL (LTXSERVE_WEIGHTS_BASE_URL; default https://huggingface.co)")
+    add_settings_flags(pull, ("weights_pull_workers", "weights_base_url"))
     pull.add_argument(
         "--no-record",
         action="store_true",
-        help='refuse files whose sha256 is "unknown" in the lock instead of recording it on first download',
+        help='refuse files whose sha256 is "unknown" in the lock instead of recording the publisher\'s',
     )
     pull.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -66,20 +69,10 @@ def add_weights_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     return parser
 
 
-def settings_from_args(args: argparse.Namespace, settings: Settings | None = None) -> Settings:
-    overrides = {
-        "weights_dir": getattr(args, "weights_dir", None),
-        "weights_lock": getattr(args, "lock", None),
-        "weights_base_url": getattr(args, "base_url", None),
-        "weights_pull_workers": getattr(args, "workers", None),
-    }
-    base = settings or Settings()
-    return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-
-
 def weights_main(args: argparse.Namespace, settings: Settings | None = None, out: Callable[[str], None] = print) -> int:
     """Run one `ltxserve weights` subcommand; returns the process exit status (0 ok, 1 not verified, 2 error)."""
-    settings = settings_from_args(args, settings)
+    settings = settings_from_args(args, base=settings)
+    configure_logging(settings.log_level, settings.log_format, "weights")
     try:
         return _COMMANDS[args.weights_command](args, settings, out)
     except (LockError, WeightsError) as exc:
@@ -107,17 +100,48 @@ def _pull(args: argparse.Namespace, settings: Settings, out: Callable[[str], Non
     save_recorded(result.lock, lock, path, out)
     out(
         f"downloaded {len(result.downloaded)} file(s), {len(result.already_present)} already present"
-        + (f", recorded {len(result.recorded)} new hash(es) in {path}" if result.recorded else "")
+        + (", every file confirmed with the Hub at its pinned revision" if result.confirmed else "")
+        + (f"; recorded {len(result.recorded)} value(s) in {path}:" if result.recorded else "")
     )
+    for line in result.recorded:
+        out(f"  {line}")
     out(result.report.summary())
     return 0 if result.report.ok else 1
 
 
+class _ByteBar:
+    """A tqdm bar over bytes hashed or copied, shown only on a terminal (logs and pipes get the summary lines)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar = None
+        if sys.stderr.isatty() and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
+
+    def __call__(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _known_bytes(lock, components, include_optional: bool) -> int:
+    return sum(f.size or 0 for c in lock.select(components, include_optional=include_optional) for f in c.files)
+
+
 def _verify(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
     lock, _ = load_settings_lock(settings)
-    report = verify_weights(
-        lock, settings.weights_dir, components=args.component, include_optional=args.optional, quick=args.quick
-    )
+    bar = _ByteBar(0 if args.quick else _known_bytes(lock, args.component, args.optional), "verify")
+    try:
+        report = verify_weights(
+            lock, settings.weights_dir, components=args.component, include_optional=args.optional, quick=args.quick,
+            on_bytes=bar,
+        )
+    finally:
+        bar.close()
     for status in report.statuses:
         out(status.describe())
     out(report.summary())
@@ -126,14 +150,19 @@ def _verify(args: argparse.Namespace, settings: Settings, out: Callable[[str], N
 
 def _import(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
     lock, path = load_settings_lock(settings)
-    result = import_weights(
-        lock,
-        args.source,
-        settings.weights_dir,
-        components=args.component,
-        include_optional=args.optional,
-        record=not args.no_record,
-    )
+    bar = _ByteBar(_known_bytes(lock, args.component, args.optional), "import")
+    try:
+        result = import_weights(
+            lock,
+            args.source,
+            settings.weights_dir,
+            components=args.component,
+            include_optional=args.optional,
+            record=not args.no_record,
+            on_bytes=bar,
+        )
+    finally:
+        bar.close()
     save_recorded(result.lock, lock, path, out)
     out(f"imported {len(result.imported)} file(s) from {args.source}")
     out(result.report.summary())

@@ -1,48 +1,55 @@
-"""`ltxserve weights pull`: download the lock's files at their pinned revisions, resumably and in parallel.
+"""`ltxserve weights pull`: confirm the lock with the Hub, then download its files at their pinned revisions.
 
-Each file goes to DEST.part; an interrupted transfer (a dropped connection, a killed process) resumes from the bytes
-already on disk with an HTTP Range request. When the file is complete its sha256 is checked against the lock and only
-then renamed into place, so a file at its final path is always a verified one. URLs are
-{base_url}/{repo}/resolve/{revision}/{path} with the lock's exact commit id, never a branch such as "main".
+Two steps, both through huggingface_hub so that its behaviour comes for free (resumed transfers, Xet storage,
+HF_TOKEN, HF_ENDPOINT mirrors, HF_HUB_OFFLINE):
+
+1. Confirm: `HfApi.get_paths_info(repo, paths, revision=<the lock's commit>, expand=True)` for every selected file.
+   Each must exist at that commit; the publisher's size and LFS sha256 must agree with the lock. Where the lock has
+   no value (or only an unconfirmed one from a mirror) the publisher's is recorded, and said so.
+2. Download what is missing with `hf_hub_download` into a staging folder inside the weights folder, check the
+   sha256 (and, for small non-LFS files, the git blob id the Hub published), then move the file to its place. A file
+   at its final path is always a verified one.
+
+One process pulls at a time: an inter-process file lock in the weights folder makes the others wait, and they then
+find the files present and only verify them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
-import time
+import shutil
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import quote
 
-import httpx
+from filelock import FileLock, Timeout
 
 from ltxserve.weights.lock import LockError, LockedComponent, LockedFile, WeightsLock
 from ltxserve.weights.store import (
-    ByteCallback,
     FileState,
     VerifiedCache,
     VerifyReport,
     WeightsError,
-    utc_now,
     check_file,
     fsync_dir,
-    part_path,
+    sha256_file,
+    utc_now,
     verify_weights,
 )
 
 DEFAULT_BASE_URL = "https://huggingface.co"
-DOWNLOAD_CHUNK = 1024 * 1024
+STAGING_RELPATH = Path(".ltxserve") / "download"
+PULL_LOCK_RELPATH = Path(".ltxserve") / "pull.lock"
 LogFn = Callable[[str], None]
 
 
 class FetchError(WeightsError):
-    """A download failed; partial files are kept so that the next pull resumes.
+    """A download or confirmation failed; partial downloads are kept so that the next pull resumes.
 
-    `lock` carries hashes recorded for the files that did complete, so the caller can still save them.
+    `lock` carries what was recorded before the failure (publisher hashes), so the caller can still save it.
     """
 
     def __init__(self, message: str, lock: WeightsLock | None = None) -> None:
@@ -50,122 +57,24 @@ class FetchError(WeightsError):
         self.lock = lock
 
 
-def file_url(base_url: str, repo: str, revision: str, path: str) -> str:
-    return f"{base_url.rstrip('/')}/{repo}/resolve/{revision}/{quote(path)}"
+def file_url(base_url: str | None, repo: str, revision: str, path: str) -> str:
+    return f"{(base_url or DEFAULT_BASE_URL).rstrip('/')}/{repo}/resolve/{revision}/{quote(path)}"
 
 
-def _hash_prefix(path: Path) -> tuple["hashlib._Hash", int]:
-    digest = hashlib.sha256()
-    size = 0
+def git_blob_id(path: Path) -> str:
+    """The id git (and the Hub's API, as `oid`) gives a file's content: sha1 of "blob <size>\\0" + bytes."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with open(path, "rb") as fh:
-        while chunk := fh.read(8 * DOWNLOAD_CHUNK):
+        while chunk := fh.read(1 << 20):
             digest.update(chunk)
-            size += len(chunk)
-    return digest, size
+    return digest.hexdigest()
 
 
-def download_file(
-    client: httpx.Client,
-    url: str,
-    dest: Path,
-    *,
-    expected_sha256: str | None,
-    expected_size: int | None = None,
-    on_bytes: ByteCallback | None = None,
-    retries: int = 5,
-    backoff_seconds: float = 1.0,
-) -> tuple[str, int]:
-    """Download `url` to `dest`, resuming DEST.part; verify, then rename. Returns (sha256, size)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = part_path(dest)
-    if part.exists() and expected_size is not None and part.stat().st_size > expected_size:
-        part.unlink()  # longer than the file can be: not a prefix of it
-    digest, have = _hash_prefix(part) if part.exists() else (hashlib.sha256(), 0)
-    if have and on_bytes:
-        on_bytes(have)
-    attempt = 0
-    while True:
-        try:
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            with client.stream("GET", url, headers=headers) as response:
-                if response.status_code == 416 and have:
-                    if expected_size is None or have == expected_size:
-                        break  # the .part already holds the whole file
-                    part.unlink()  # not a prefix of this file: start over
-                    if on_bytes:
-                        on_bytes(-have)
-                    digest, have = hashlib.sha256(), 0
-                    continue
-                if response.status_code in (401, 403, 404):
-                    raise FetchError(_http_refusal(response.status_code, url))
-                if response.status_code not in (200, 206):
-                    raise httpx.HTTPStatusError(
-                        f"HTTP {response.status_code}", request=response.request, response=response
-                    )
-                if response.status_code == 206 and not _range_starts_at(response, have):
-                    # A range we did not ask for: drop the partial file and ask for the whole file.
-                    part.unlink(missing_ok=True)
-                    if on_bytes:
-                        on_bytes(-have)
-                    digest, have = hashlib.sha256(), 0
-                    continue
-                if response.status_code == 200 and have:
-                    # The server ignored the Range header and sends the whole file: start over.
-                    if on_bytes:
-                        on_bytes(-have)
-                    digest, have = hashlib.sha256(), 0
-                mode = "ab" if have else "wb"
-                with open(part, mode) as fh:
-                    for chunk in response.iter_bytes():  # as received: a chunk buffer would lose bytes on a cut
-                        fh.write(chunk)
-                        digest.update(chunk)
-                        have += len(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            break
-        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-            attempt += 1
-            if attempt > retries:
-                raise FetchError(
-                    f"{url}: download interrupted ({exc.__class__.__name__}: {exc}) after {retries} retries; "
-                    f"{have} bytes are kept in {part} and the next `ltxserve weights pull` resumes from there"
-                ) from None
-            time.sleep(min(backoff_seconds * 2 ** (attempt - 1), 30.0))
-        except OSError as exc:  # the local side: disk full, permissions
-            raise FetchError(f"{url}: cannot write {part}: {exc}") from None
-    actual = digest.hexdigest()
-    if expected_size is not None and have != expected_size:
-        part.unlink(missing_ok=True)
-        raise FetchError(f"{url}: got {have} bytes, the lock says {expected_size}; the download was discarded")
-    if expected_sha256 is not None and actual != expected_sha256:
-        part.unlink(missing_ok=True)
-        raise FetchError(
-            f"{url}: sha256 {actual} does not match the lock ({expected_sha256}); the download was discarded. "
-            "The file upstream differs from the pinned one: check the lock's revision."
-        )
-    os.replace(part, dest)
-    fsync_dir(dest.parent)
-    return actual, have
-
-
-def _range_starts_at(response: httpx.Response, offset: int) -> bool:
-    content_range = response.headers.get("content-range", "")  # "bytes START-END/TOTAL"
-    try:
-        start = int(content_range.split()[1].split("-")[0])
-    except (IndexError, ValueError):
-        return False
-    return start == offset
-
-
-def _http_refusal(status: int, url: str) -> str:
-    if status == 404:
-        return f"{url}: not found (404): the repository, revision or path in weights.lock does not exist upstream"
-    return (
-        f"{url}: access refused ({status}); if the repository is gated, accept its terms on the Hub and set "
-        "LTXSERVE_HF_TOKEN (or HF_TOKEN) to a token that can read it"
-    )
+def pull_lock(weights_dir: Path) -> FileLock:
+    """The inter-process lock one pull holds on a weights folder."""
+    path = Path(weights_dir) / PULL_LOCK_RELPATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
 
 
 @dataclass
@@ -173,8 +82,9 @@ class PullResult:
     report: VerifyReport
     lock: WeightsLock  # with any newly recorded hashes and sizes
     downloaded: list[str] = field(default_factory=list)
-    recorded: list[str] = field(default_factory=list)
+    recorded: list[str] = field(default_factory=list)  # "dest: what was recorded", for the user to read
     already_present: list[str] = field(default_factory=list)
+    confirmed: bool = False  # every selected file was checked against the Hub's metadata
 
 
 def check_pullable(components: Iterable[LockedComponent], *, record: bool) -> None:
@@ -192,38 +102,173 @@ def check_pullable(components: Iterable[LockedComponent], *, record: bool) -> No
         if unknown:
             raise LockError(
                 "these files have no sha256 in weights.lock, so a download could not be verified (drop "
-                "--no-record to record their hashes on first download):\n  " + "\n  ".join(unknown)
+                "--no-record to record the publisher's hashes):\n  " + "\n  ".join(unknown)
             )
 
 
-class _Progress:
-    """A thread-safe byte counter feeding an optional tqdm bar and an optional log line every 10%."""
+# --- 1. confirm with the Hub ----------------------------------------------------------------------------------------
 
-    def __init__(self, total: int | None, show_bar: bool, log: LogFn | None) -> None:
-        self._lock = threading.Lock()
-        self.done = 0
-        self.total = total
-        self._log = log
-        self._next_report = 0.1
-        self._bar = None
-        if show_bar:
-            from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="weights")
+@dataclass(frozen=True)
+class PublishedFile:
+    size: int
+    sha256: str | None  # LFS files: the publisher's sha256; small files are stored in git and have none
+    blob_id: str  # git blob id (for LFS files, of the pointer)
 
-    def __call__(self, nbytes: int) -> None:
-        with self._lock:
-            self.done += nbytes
-            if self._bar is not None:
-                self._bar.update(nbytes)
-            if self._log and self.total and self.done / self.total >= self._next_report:
-                self._log(f"weights download: {self.done / 1e9:.2f} of {self.total / 1e9:.2f} GB")
-                while self.done / self.total >= self._next_report:
-                    self._next_report += 0.1
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+def published_files(api, comp: LockedComponent) -> dict[str, PublishedFile]:
+    """The Hub's metadata for the component's files at its pinned revision (path -> PublishedFile)."""
+    from huggingface_hub.hf_api import RepoFile
+
+    infos = api.get_paths_info(comp.repo, [f.path for f in comp.files], revision=comp.revision, expand=True)
+    out = {}
+    for info in infos:
+        if isinstance(info, RepoFile):
+            lfs = info.lfs
+            out[info.path] = PublishedFile(
+                size=int(info.size), sha256=(lfs["sha256"] if lfs else None), blob_id=info.blob_id
+            )
+    return out
+
+
+def confirm_component(
+    lock: WeightsLock, comp: LockedComponent, published: dict[str, PublishedFile], *, where: str, say: LogFn,
+) -> tuple[WeightsLock, list[str]]:
+    """Check the lock's entries against the publisher's; record what the lock lacks. Returns (lock, recorded)."""
+    recorded, problems = [], []
+    for f in comp.files:
+        pub = published.get(f.path)
+        if pub is None:
+            problems.append(f"{comp.repo}@{comp.revision}: {f.path} does not exist at the pinned revision")
+            continue
+        if f.verified and f.size is not None and f.size != pub.size:
+            problems.append(f"{f.dest}: the lock says {f.size} bytes, the Hub says {pub.size} ({where})")
+            continue
+        if f.verified and f.hash_known and pub.sha256 and pub.sha256 != f.sha256:
+            problems.append(f"{f.dest}: the lock's sha256 {f.sha256} differs from the Hub's {pub.sha256} ({where})")
+            continue
+        sha = pub.sha256 or (f.sha256 if f.hash_known else None)
+        if pub.sha256 and (not f.verified or f.size != pub.size):
+            replaced = f" (replaces the unconfirmed {f.sha256[:12]}…)" if f.hash_known and f.sha256 != sha else ""
+            lock = lock.with_publisher(
+                comp.name, f.dest, sha256=pub.sha256, size=pub.size,
+                source=f"the Hub's LFS metadata for {comp.repo}@{comp.revision} ({where}, {utc_now()})",
+            )
+            recorded.append(f"{f.dest}: sha256 {pub.sha256}, {pub.size} bytes{replaced}")
+        elif f.size is None or (not f.verified and f.size != pub.size):
+            lock = lock.with_size(comp.name, f.dest, pub.size)
+            recorded.append(f"{f.dest}: {pub.size} bytes")
+    for line in recorded:
+        say(f"weights: recorded from the Hub: {line}")
+    if problems:
+        raise FetchError("weights.lock does not match the Hub:\n  " + "\n  ".join(problems), lock=lock)
+    return lock, recorded
+
+
+def confirm_with_hub(
+    lock: WeightsLock, components: list[LockedComponent], *, endpoint: str | None, token: str | None, say: LogFn,
+) -> tuple[WeightsLock, dict[str, PublishedFile], list[str]]:
+    """Confirm every selected file; returns the lock with recorded values, the metadata by dest, and what was
+    recorded."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi(endpoint=endpoint, token=token)
+    by_dest: dict[str, PublishedFile] = {}
+    recorded: list[str] = []
+    for comp in components:
+        where = f"get_paths_info at {endpoint or DEFAULT_BASE_URL}"
+        try:
+            published = published_files(api, comp)
+        except OfflineModeIsEnabled:
+            raise
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            raise FetchError(_http_refusal(status, comp, str(exc)), lock=lock) from None
+        except OSError as exc:  # connection refused, DNS, TLS
+            raise FetchError(f"{comp.repo}: the Hub could not be reached ({exc})", lock=lock) from None
+        lock, done = confirm_component(lock, lock.component(comp.name), published, where=where, say=say)
+        recorded += done
+        for f in comp.files:
+            by_dest[f.dest] = published[f.path]
+    return lock, by_dest, recorded
+
+
+def _http_refusal(status: int | None, comp: LockedComponent, detail: str) -> str:
+    if status == 404:
+        return (f"{comp.repo}@{comp.revision}: not found (404): the repository or the pinned revision in "
+                f"weights.lock does not exist upstream")
+    if status in (401, 403):
+        return (f"{comp.repo}: access refused ({status}); if the repository is gated, accept its terms on the Hub and "
+                "set HF_TOKEN (or LTXSERVE_HF_TOKEN) to a token that can read it")
+    return f"{comp.repo}: the Hub answered {status}: {detail.splitlines()[0] if detail else ''}"
+
+
+# --- 2. download --------------------------------------------------------------------------------------------------
+
+
+def _tqdm_class(show: bool):
+    from tqdm.auto import tqdm
+
+    if show:
+        return tqdm
+
+    class Silent(tqdm):  # huggingface_hub's bars, switched off for logs and tests
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Silent
+
+
+def download_file(
+    comp: LockedComponent, f: LockedFile, weights_dir: Path, *, endpoint: str | None, token: str | None,
+    published: PublishedFile | None, show_progress: bool,
+) -> tuple[str, int]:
+    """hf_hub_download into the staging folder, verify, move into place. Returns (sha256, size)."""
+    from huggingface_hub import hf_hub_download
+
+    staging = weights_dir / STAGING_RELPATH / comp.name
+    try:
+        got = Path(hf_hub_download(
+            comp.repo, f.path, revision=comp.revision, local_dir=staging, endpoint=endpoint, token=token,
+            tqdm_class=_tqdm_class(show_progress),
+        ))
+    except Exception as exc:  # huggingface_hub raises many kinds; the message names the file either way
+        raise FetchError(f"{file_url(endpoint, comp.repo, comp.revision, f.path)}: download failed: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    size = got.stat().st_size
+    digest = sha256_file(got)
+    problem = None
+    if f.size is not None and size != f.size:
+        problem = f"{size} bytes, the lock says {f.size}"
+    elif f.hash_known and digest != f.sha256:
+        problem = f"sha256 {digest}, the lock says {f.sha256}"
+    elif published is not None and published.sha256 is None and git_blob_id(got) != published.blob_id:
+        problem = f"git blob id {git_blob_id(got)}, the Hub says {published.blob_id}"
+    if problem:
+        got.unlink(missing_ok=True)
+        raise FetchError(f"{comp.repo}@{comp.revision[:12]} {f.path}: {problem}; the download was discarded")
+    dest = weights_dir / f.dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(got, dest)
+    fsync_dir(dest.parent)
+    return digest, size
+
+
+def _record_computed(
+    result: PullResult, comp: LockedComponent, f: LockedFile, digest: str, size: int, pub: PublishedFile | None,
+    say: LogFn,
+) -> WeightsLock:
+    """Record the sha256 computed for a file the lock had no hash for (checked by its git blob id when known)."""
+    how = (f"its git blob id matched the Hub's ({pub.blob_id})" if pub is not None
+           else "trust on first use: not confirmed with the Hub")
+    result.recorded.append(f"{f.dest}: sha256 {digest} ({how})")
+    say(f"weights: recorded {f.dest}: sha256 {digest} ({how})")
+    return result.lock.with_recorded(
+        comp.name, f.dest, sha256=digest, size=size, verified=pub is not None,
+        source=f"computed by `ltxserve weights pull` from {comp.repo}@{comp.revision} on {utc_now()}; {how}",
+    )
 
 
 def pull_weights(
@@ -232,95 +277,107 @@ def pull_weights(
     *,
     components: Iterable[str] | None = None,
     include_optional: bool = False,
-    base_url: str = DEFAULT_BASE_URL,
+    base_url: str | None = None,
     token: str | None = None,
     record: bool = True,
     workers: int = 4,
-    retries: int = 5,
-    backoff_seconds: float = 1.0,
-    timeout_seconds: float = 60.0,
     progress_bar: bool = False,
+    confirm: str = "always",
     log: LogFn | None = None,
-    transport: httpx.BaseTransport | None = None,
 ) -> PullResult:
-    """Bring the weights folder up to the lock: download what is missing or wrong, verify everything.
+    """Bring the weights folder up to the lock: confirm with the Hub, download what is missing, verify everything.
 
-    Returns the lock with newly recorded hashes (for files whose hash was "unknown") for the caller to write.
+    `confirm`: "always" checks every selected file with the Hub (the `weights pull` command); "when-downloading"
+    only when something must be fetched (a server start with the weights in place stays offline). Returns the lock
+    with newly recorded values for the caller to write.
     """
+    say = log or (lambda message: None)
     weights_dir = Path(weights_dir)
     selected = lock.select(components, include_optional=include_optional)
     check_pullable(selected, record=record)
     weights_dir.mkdir(parents=True, exist_ok=True)
+    guard = pull_lock(weights_dir)
+    try:
+        guard.acquire(timeout=0)
+    except Timeout:
+        say(f"weights: another process is pulling into {weights_dir}; waiting for it to finish")
+        guard.acquire()
+    try:
+        return _pull_locked(lock, weights_dir, selected, base_url=base_url, token=token, record=record,
+                            workers=workers, progress_bar=progress_bar, confirm=confirm, say=say)
+    finally:
+        guard.release()
+
+
+def _pull_locked(
+    lock: WeightsLock, weights_dir: Path, selected: list[LockedComponent], *, base_url: str | None,
+    token: str | None, record: bool, workers: int, progress_bar: bool, confirm: str, say: LogFn,
+) -> PullResult:
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
     cache = VerifiedCache(weights_dir)
     result = PullResult(report=VerifyReport(), lock=lock)
-
+    ready = all(check_file(weights_dir, c.name, f, cache=cache, quick=True).ok for c in selected for f in c.files)
+    published: dict[str, PublishedFile] = {}
+    if not ready or confirm == "always":
+        try:
+            result.lock, published, result.recorded = confirm_with_hub(
+                result.lock, selected, endpoint=base_url, token=token, say=say
+            )
+            result.confirmed = True
+        except OfflineModeIsEnabled:
+            if not ready:
+                raise FetchError(
+                    "offline mode (HF_HUB_OFFLINE) is on and the weights are not complete; bring the files with "
+                    "`ltxserve weights import DIR`", lock=result.lock
+                ) from None
+            say("weights: offline mode (HF_HUB_OFFLINE): the files were not confirmed with the Hub")
+    # Check again against the lock as confirmed (recorded hashes make files present on disk verifiable).
     todo: list[tuple[LockedComponent, LockedFile]] = []
-    for comp in selected:
+    for comp in (result.lock.component(c.name) for c in selected):
         for f in comp.files:
             status = check_file(weights_dir, comp.name, f, cache=cache, quick=True)
             if status.ok:
                 result.already_present.append(f.dest)
                 continue
+            pub = published.get(f.dest)
+            if status.state is FileState.HASH_UNKNOWN and pub is not None and pub.sha256 is None \
+                    and git_blob_id(status.path) == pub.blob_id:
+                # A small file already in place (e.g. another process pulled it): the Hub's blob id vouches for it.
+                result.lock = _record_computed(result, comp, f, status.sha256, status.size, pub, say)
+                result.already_present.append(f.dest)
+                continue
             if status.state in (FileState.HASH_MISMATCH, FileState.SIZE_MISMATCH, FileState.HASH_UNKNOWN):
-                # A wrong (or unverifiable) file at the final path: move it aside and fetch it again.
-                if log:
-                    log(f"weights: {status.describe()}; downloading it again")
+                say(f"weights: {status.describe()}; downloading it again")
                 status.path.unlink()
                 cache.forget(f.dest)
             todo.append((comp, f))
     cache.save()
-
-    known_total = sum(f.size for _, f in todo if f.size is not None)
-    all_sizes_known = all(f.size is not None for _, f in todo)
-    progress = _Progress(known_total if all_sizes_known else None, progress_bar, log)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    stamp = utc_now()
+    if todo:
+        say(f"weights: downloading {len(todo)} file(s) into {weights_dir}")
     errors: list[str] = []
-    try:
-        with httpx.Client(
-            headers=headers, follow_redirects=True, timeout=httpx.Timeout(timeout_seconds), transport=transport
-        ) as client:
-
-            def fetch(comp: LockedComponent, f: LockedFile) -> tuple[str, int]:
-                url = file_url(base_url, comp.repo, comp.revision, f.path)
-                if log:
-                    log(f"weights: downloading {comp.repo}@{comp.revision[:12]} {f.path} -> {f.dest}")
-                return download_file(
-                    client,
-                    url,
-                    weights_dir / f.dest,
-                    expected_sha256=f.sha256 if f.hash_known else None,
-                    expected_size=f.size,
-                    on_bytes=progress,
-                    retries=retries,
-                    backoff_seconds=backoff_seconds,
-                )
-
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                futures = {pool.submit(fetch, comp, f): (comp, f) for comp, f in todo}
-                for future in as_completed(futures):
-                    comp, f = futures[future]
-                    try:
-                        digest, size = future.result()
-                    except WeightsError as exc:
-                        errors.append(str(exc))
-                        continue
-                    cache.record(f.dest, (weights_dir / f.dest).stat(), digest)
-                    result.downloaded.append(f.dest)
-                    if not f.hash_known or f.size is None:
-                        url = file_url(base_url, comp.repo, comp.revision, f.path)
-                        result.lock = result.lock.with_recorded(
-                            comp.name, f.dest, sha256=digest, size=size,
-                            source=f"recorded by `ltxserve weights pull` from {url} on {stamp} (trust on first use)",
-                        )
-                        if not f.hash_known:
-                            result.recorded.append(f.dest)
-    finally:
-        progress.close()
-        cache.save()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {}
+        for comp, f in todo:
+            say(f"weights: downloading {comp.repo}@{comp.revision[:12]} {f.path} -> {f.dest}")
+            futures[pool.submit(
+                download_file, comp, f, weights_dir, endpoint=base_url, token=token,
+                published=published.get(f.dest), show_progress=progress_bar,
+            )] = (comp, f)
+        for future in as_completed(futures):
+            comp, f = futures[future]
+            try:
+                digest, size = future.result()
+            except WeightsError as exc:
+                errors.append(str(exc))
+                continue
+            cache.record(f.dest, (weights_dir / f.dest).stat(), digest)
+            result.downloaded.append(f.dest)
+            if not f.hash_known:
+                result.lock = _record_computed(result, comp, f, digest, size, published.get(f.dest), say)
+    cache.save()
     if errors:
         raise FetchError("weights pull failed:\n  " + "\n  ".join(errors), lock=result.lock)
-    result.report = verify_weights(
-        result.lock, weights_dir, components=[c.name for c in selected], quick=True
-    )
+    shutil.rmtree(weights_dir / STAGING_RELPATH, ignore_errors=True)  # every transfer finished: nothing to resume
+    result.report = verify_weights(result.lock, weights_dir, components=[c.name for c in selected], quick=True)
     return result

@@ -19,9 +19,12 @@ Format (version 1)::
     path = "ltxv-13b-0.9.7-dev.safetensors"   # path inside the repository
     dest = "ltxv-13b-0.9.7-dev.safetensors"   # path inside the weights folder (the layout load_components reads)
     size = 123                                # bytes; optional until known
-    sha256 = "<64 hex digits>"                # "unknown" until pull / import records it
+    sha256 = "<64 hex digits>"                # "unknown" until pull (from the Hub) / import records it
     sha256_source = "..."                     # where the hash came from
     verified = false                          # true once the hash was confirmed against the publisher
+
+The shipped lock lives inside the package (ltxserve/weights/weights.lock, read with importlib.resources) so that a
+wheel install finds it; the source tree's top-level weights.lock is a symlink to it.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 HEADER = """\
 # weights.lock: every weight file ltxserve loads, pinned (see ltxserve/weights/lock.py for the format).
-# `ltxserve weights pull` downloads exactly these revisions and checks every sha256; the server serves only weights
-# that match. sha256 = "unknown" marks a hash nobody has confirmed yet: `pull` / `import` record it (trust on first
-# use) and set sha256_source; `verified = true` only where the hash was checked against the publisher.
+# `ltxserve weights pull` confirms every file at these revisions with the Hub's API, downloads them and checks every
+# sha256; the server serves only weights that match. Where a hash or size is missing (or only known from a mirror)
+# `pull` records the publisher's and says so; `verified = true` only where it was checked against the publisher.
 # This file is rewritten by `ltxserve weights` in one canonical form; edit it by hand in the same form.
 """
 
@@ -119,18 +122,38 @@ class WeightsLock:
         comps = tuple(replace(c, files=files) if c.name == component else c for c in self.components)
         return replace(self, components=comps)
 
-    def with_recorded(self, component: str, dest: str, *, sha256: str, size: int, source: str) -> WeightsLock:
-        """Fill in a file's unknown hash (and missing size) from a download or import; known values are kept."""
+    def _file(self, component: str, dest: str) -> LockedFile:
         current = next((f for f in self.component(component).files if f.dest == dest), None)
         if current is None:
             raise LockError(f"component {component!r} has no file {dest!r}")
+        return current
+
+    def with_recorded(
+        self, component: str, dest: str, *, sha256: str, size: int, source: str, verified: bool = False
+    ) -> WeightsLock:
+        """Fill in a file's unknown hash (and missing size) from a download or import; known values are kept."""
+        current = self._file(component, dest)
         updated = replace(
             current,
             sha256=current.sha256 if current.hash_known else sha256,
             sha256_source=current.sha256_source if current.hash_known else source,
             size=current.size if current.size is not None else size,
+            verified=current.verified if current.hash_known else verified,
         )
         return self if updated == current else self.with_file(component, updated)
+
+    def with_publisher(self, component: str, dest: str, *, sha256: str, size: int, source: str) -> WeightsLock:
+        """Set a file's hash and size to the publisher's own (the Hub's metadata at the pinned revision): they
+        replace unconfirmed values, and the entry becomes verified."""
+        current = self._file(component, dest)
+        if current.verified and ((current.hash_known and current.sha256 != sha256) or current.size not in (None, size)):
+            raise LockError(f"{dest}: the lock's confirmed sha256/size differ from the publisher's")
+        updated = replace(current, sha256=sha256, size=size, sha256_source=source, verified=True)
+        return self if updated == current else self.with_file(component, updated)
+
+    def with_size(self, component: str, dest: str, size: int) -> WeightsLock:
+        current = self._file(component, dest)
+        return self if current.size == size else self.with_file(component, replace(current, size=size))
 
     def with_revision(self, component: str, revision: str, note: str = "") -> WeightsLock:
         if not _REVISION.match(revision):
@@ -294,8 +317,13 @@ def write_lock(lock: WeightsLock, path: Path | str | None = None) -> Path:
 
 
 def default_lock_path() -> Path:
-    """The weights.lock at the root of the ltxserve source tree (or next to an installed package's data)."""
-    return Path(__file__).resolve().parent.parent.parent / LOCK_FILE_NAME
+    """The weights.lock shipped inside the package (ltxserve/weights/weights.lock), found through importlib.resources
+    so that wheel and pip installs serve as the source tree does."""
+    from importlib.resources import as_file, files
+
+    resource = files("ltxserve.weights").joinpath(LOCK_FILE_NAME)
+    with as_file(resource) as path:  # a real file for every ordinary install (wheels unpack to disk)
+        return Path(path)
 
 
 def resolve_lock_path(configured: Path | str | None) -> Path:

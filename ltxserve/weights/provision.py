@@ -6,6 +6,7 @@ Once the weights are present and verified this touches no network: the check rea
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +46,10 @@ def save_recorded(lock: WeightsLock, original: WeightsLock, path: Path, say: Cal
 
 
 def ensure_weights(settings: Settings, *, say: Callable[[str], None] | None = None) -> Path:
-    """Return the verified weights folder, pulling missing files first when settings.weights_auto_pull allows."""
+    """Return the verified weights folder, pulling missing files first when settings.weights_auto_pull allows.
+
+    Several workers (one per GPU) may call this at once: the pull's inter-process lock lets one download while the
+    others wait, and they then find the files in place and only verify them."""
     say = say or log.info
     lock, lock_path = load_settings_lock(settings)
     weights_dir = Path(settings.weights_dir)
@@ -57,7 +61,7 @@ def ensure_weights(settings: Settings, *, say: Callable[[str], None] | None = No
             f"the weights in {weights_dir} are not ready and automatic pulling is off:\n{report.summary()}\n"
             "Run `ltxserve weights pull` (or `ltxserve weights import DIR`)."
         )
-    say(f"weights: {weights_dir} is not complete; pulling the pinned files (this is a one-time download)")
+    say(f"weights: {weights_dir} is not complete:\n{report.summary()}\npulling the pinned files (a one-time download)")
     try:
         result = pull_weights(
             lock,
@@ -65,6 +69,8 @@ def ensure_weights(settings: Settings, *, say: Callable[[str], None] | None = No
             base_url=settings.weights_base_url,
             token=settings.hf_token,
             workers=settings.weights_pull_workers,
+            confirm="when-downloading",
+            progress_bar=sys.stderr.isatty(),  # bars for a person at a terminal; logs get a line per file
             log=say,
         )
     except FetchError as exc:

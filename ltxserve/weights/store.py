@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
@@ -92,8 +93,10 @@ class VerifiedCache:
     def save(self) -> None:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True))
+            # A temp name of our own: several processes (workers verifying at start) may save at once.
+            fd, tmp = tempfile.mkstemp(prefix=".verified.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(self._entries, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
 
 

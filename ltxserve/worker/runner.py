@@ -24,6 +24,7 @@ from ltxserve.engine.contract import Endpoint, EndpointError, JobCancelled, load
 from ltxserve.engine.net import install_own_file_lookup
 from ltxserve.jobs.sqlite import SqliteJobStore, cancelled_outcome
 from ltxserve.jobs.store import Job, JobStore, StoredFile
+from ltxserve.logs import request_context
 from ltxserve.protocol import ErrorType, File
 from ltxserve.stored_files import own_file_lookup
 
@@ -116,6 +117,10 @@ class Worker:
                 log.exception("heartbeat failed")
 
     def run_job(self, job: Job) -> None:
+        with request_context(job.request_id):  # every log record about this job carries its request id
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
         spec = self.specs[job.endpoint_id]
         ctx = StoreJobContext(self.store, self.settings, job)
         started = time.perf_counter()
@@ -141,7 +146,10 @@ class Worker:
             outcome = {"error": message, "error_type": ErrorType.INTERNAL_ERROR.value,
                        "error_body": {"detail": message, "error_type": ErrorType.INTERNAL_ERROR.value},
                        "status_code": 500}
-        self.store.complete(job.request_id, inference_time=time.perf_counter() - started, **outcome)
+        elapsed = time.perf_counter() - started
+        self.store.complete(job.request_id, inference_time=elapsed, **outcome)
+        log.info("job finished in %.1f s: %s", elapsed,
+                 "ok" if "result" in outcome else f"{outcome.get('error_type')}: {outcome.get('error')}")
 
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()

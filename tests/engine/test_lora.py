@@ -124,6 +124,14 @@ class _Files(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body or b"")
 
+    def do_HEAD(self):  # huggingface_hub asks for a Hub file's metadata first
+        body = type(self).files.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.send_header("ETag", '"lora"')
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.end_headers()
+
     def log_message(self, *a):
         pass
 

@@ -150,9 +150,12 @@ def test_cli_import_verify_show(tiny_weights, tmp_path):
     assert "size mismatch" in out
 
 
-def test_cli_pull_refuses_unresolved_revision_clearly(tmp_path):
-    # The shipped lock: the Lightricks revisions are not pinned yet, so pull must say so rather than fetch "main".
-    settings = Settings(weights_dir=tmp_path / "w", weights_base_url="http://127.0.0.1:9")
+def test_cli_pull_refuses_unresolved_revision_clearly(tiny_weights, tmp_path):
+    # A lock edited by hand to an unpinned revision: pull must say so rather than fetch "main".
+    text = tiny_weights.lock_path.read_text().replace(tiny_weights.lock.components[0].revision, "unresolved", 1)
+    tiny_weights.lock_path.write_text(text)
+    settings = Settings(weights_dir=tmp_path / "w", weights_base_url="http://127.0.0.1:9",
+                        weights_lock=tiny_weights.lock_path)
     code, out = _run_cli(["weights", "pull", "--component", "checkpoint", "--no-progress"], settings)
     assert code == 2
     assert "no pinned revision" in out and "weights pin" in out

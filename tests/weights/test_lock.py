@@ -16,7 +16,8 @@ from ltxserve.weights.lock import (
     write_lock,
 )
 
-REPO_LOCK = Path(__file__).resolve().parents[2] / "weights.lock"
+ROOT = Path(__file__).resolve().parents[2]
+REPO_LOCK = ROOT / "ltxserve" / "weights" / "weights.lock"  # inside the package, so wheels ship it
 
 MINIMAL = """
 version = 1
@@ -35,6 +36,8 @@ GOOD_SHA = "ab" * 32
 
 def test_repository_lock_is_the_default_and_parses():
     assert default_lock_path() == REPO_LOCK
+    # The top-level weights.lock the design names is the same file (a symlink), not a copy that could drift.
+    assert (ROOT / "weights.lock").is_symlink() and (ROOT / "weights.lock").resolve() == REPO_LOCK.resolve()
     lock = load_lock(REPO_LOCK)
     names = {c.name for c in lock.components}
     assert {"checkpoint", "spatial_upscaler", "text_encoder", "tokenizer", "transformer_fp8"} <= names
@@ -61,16 +64,37 @@ def test_repository_lock_lays_files_out_as_load_components_reads_them():
 
 def test_repository_lock_marks_provenance_honestly():
     lock = load_lock(REPO_LOCK)
-    checkpoint = lock.component("checkpoint").files[0]
-    assert checkpoint.hash_known and not checkpoint.verified
-    assert "mirror" in checkpoint.sha256_source
     for comp in lock.components:
-        # Every revision is either a full commit id or explicitly unresolved, never a branch.
-        assert comp.revision_resolved or comp.revision == "unresolved"
-        assert comp.revision_resolved or comp.revision_note
-        for f in comp.files:
-            assert f.hash_known or f.sha256 == UNKNOWN_SHA256
-            assert f.sha256_source, f"{f.dest} says nothing about where its hash comes from"
+        # Every revision is a full commit id (never a branch, never "unresolved"), with a note saying where it came
+        # from; nothing is marked verified before `weights pull` has confirmed it with the Hub.
+        assert comp.revision_resolved and comp.revision_note, comp.name
+        assert not any(f.verified for f in comp.files), comp.name
+    checkpoint = lock.component("checkpoint").files[0]
+    assert "unconfirmed" in checkpoint.sha256_source
+
+
+# Published values (see shared/reference/facts.md): the pins must match them exactly.
+PIXART_REVISION = "b89adadeccd9ead2adcb9fa2825d3fabec48d404"
+LTX_REVISION = "8984fa25007f376c1a299016d0957a37a2f797bb"
+PUBLISHED = {
+    "text_encoder/text_encoder/model-00001-of-00002.safetensors":
+        (9_989_150_328, "eb529f693f4b17773a24e787fcba29486d5e1700dadcc20bb91e4c8b00212d08"),
+    "text_encoder/text_encoder/model-00002-of-00002.safetensors":
+        (9_060_119_392, "58f33f4acba7a5502b6b3e4cb7863f8fd503d5012016428099bb460c98e2fe77"),
+    "text_encoder/text_encoder/model.safetensors.index.json":
+        (19_886, "fb4665a1a122b7e5270f0e4494c653839c11a5a978e03b0df6dfa714258716e6"),
+    "text_encoder/tokenizer/spiece.model": (791_656, "d60acb128cf7b7f2536e8f38a5b18a05535c9e14c7a355904270e15b0945ea86"),
+}
+
+
+def test_repository_lock_pins_the_published_revisions_and_hashes():
+    lock = load_lock(REPO_LOCK)
+    for comp in lock.components:
+        expected = {"PixArt-alpha/PixArt-XL-2-1024-MS": PIXART_REVISION, "Lightricks/LTX-Video": LTX_REVISION}
+        assert comp.revision == expected[comp.repo], comp.name
+    files = {f.dest: f for c in lock.components for f in c.files}
+    for dest, (size, sha) in PUBLISHED.items():
+        assert (files[dest].size, files[dest].sha256) == (size, sha), dest
 
 
 def test_minimal_lock_fills_defaults():
@@ -123,9 +147,12 @@ def test_write_then_load_round_trips_and_records(tmp_path):
     assert again == recorded
     entry = next(f for f in again.component("text_encoder").files if f.dest == dest)
     assert (entry.sha256, entry.sha256_source) == ("cd" * 32, "recorded in a test")
-    # Only that entry changed.
-    diff = [a for a, b in zip(dump_lock(lock).splitlines(), path.read_text().splitlines()) if a != b]
-    assert len(diff) == 2  # the sha256 line and its source line
+    # Only that entry changed: its size line is added, its sha256 and source lines are replaced.
+    import difflib
+
+    diff = [d for d in difflib.ndiff(dump_lock(lock).splitlines(), path.read_text().splitlines()) if d[:1] in "+-"]
+    assert sorted(d[:1] + d[2:].split(" =")[0] for d in diff) == [
+        "+sha256", "+sha256_source", "+size", "-sha256", "-sha256_source"]
 
 
 def test_recording_never_overwrites_a_known_hash():

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -139,3 +140,52 @@ def test_workers_die_when_the_supervisor_is_killed(tmp_path):
         proc.wait()
     wait_for(lambda: not _alive(pid), timeout=15, what="the orphaned worker to exit")
     store.close()
+
+
+# --- fail fast: a worker that cannot load its model ----------------------------------------------------------------
+
+BROKEN_SPEC = "tests.worker.broken_endpoint:BROKEN"
+
+
+def test_a_model_that_cannot_load_stops_restarts_and_fails_queued_jobs(tmp_path):
+    from tests.worker.broken_endpoint import BROKEN_ID
+
+    missing = tmp_path / "no-such-model"
+    settings = Settings(data_dir=tmp_path, endpoints=[BROKEN_SPEC], workers=1, model=str(missing),
+                        worker_heartbeat_seconds=0.5, worker_restart_backoff_seconds=0.05,
+                        worker_max_failed_starts=2)
+    store = SqliteJobStore(settings.db_path)
+    rid = uuid.uuid4().hex
+    store.submit(Job(request_id=rid, endpoint_id=BROKEN_ID, owner="test", app="broken", input={"text": "x"}))
+    gave_up = threading.Event()
+    reasons: list[str] = []
+    sup = Supervisor(settings, store, on_give_up=lambda reason: (reasons.append(reason), gave_up.set()))
+    try:
+        sup.start()
+        assert gave_up.wait(120), "the supervisor never gave up"
+        assert str(missing) in reasons[0]
+        job = store.get(rid)
+        assert job.state == QueueState.COMPLETED and str(missing) in job.error
+        assert job.error_type == "runner_scheduling_failure" and job.status_code == 503
+        assert [s.failed_starts for s in sup.slots] == [2] and sup.slots[0].process is None
+        # The slot's failure stays visible to /readyz (as a never-ready row carrying the reason).
+        [row] = [w for w in store.live_workers(30) if (w["info"] or {}).get("startup_error")]
+        assert row["info"]["gave_up"] and str(missing) in row["info"]["startup_error"]
+        restarts = sup.slots[0].restarts
+        time.sleep(0.5)  # a window in which a restarting supervisor would spawn again (backoff is 0.05 s)
+        assert sup.slots[0].restarts == restarts and sup.slots[0].process is None
+    finally:
+        sup.stop(grace_seconds=2)
+        store.close()
+
+
+def test_a_worker_that_loaded_once_is_restarted_without_limit(running):
+    settings, store, sup = running
+    settings = settings.model_copy(update={"worker_max_failed_starts": 1})
+    sup.settings = settings
+    rid = submit(store, text="doomed", crash_until=99)
+    sup.start()
+    job = wait_for(lambda: (j := store.get(rid)).state == QueueState.COMPLETED and j, what="completion")
+    assert job.error_type == "runner_disconnected"  # died twice mid-job, after loading: not a start failure
+    assert sup.failure is None and not sup.slots[0].gave_up
+    wait_for(lambda: sup.slots[0].process is not None and sup.slots[0].process.is_alive(), what="a restart")
