@@ -10,7 +10,7 @@ import httpx
 from PIL import Image
 
 
-def png_data_uri(width: int = 8, height: int = 6, color=(10, 200, 30)) -> str:
+def png_data_uri(width: int = 16, height: int = 12, color=(10, 200, 30)) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

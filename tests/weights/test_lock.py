@@ -57,9 +57,12 @@ def test_repository_lock_lays_files_out_as_load_components_reads_them():
     assert "ltxv-spatial-upscaler-0.9.7.safetensors" in dests
     assert any(d.startswith("text_encoder/text_encoder/") and d.endswith(".safetensors") for d in dests)
     assert "text_encoder/tokenizer/spiece.model" in dests
-    # The optional fp8 file must not sit beside the bf16 checkpoint, where "any single *.safetensors" would be ambiguous.
+    # The optional fp8 file sits beside the bf16 checkpoint under its published name: load_components takes it for
+    # --dtype fp8 (models.FP8_CHECKPOINT_NAME) and never mistakes it for the bf16 checkpoint otherwise.
+    from ltxserve.engine.models import FP8_CHECKPOINT_NAME
+
     fp8 = lock.component("transformer_fp8")
-    assert fp8.optional and all("/" in f.dest for f in fp8.files)
+    assert fp8.optional and [f.dest for f in fp8.files] == [FP8_CHECKPOINT_NAME]
 
 
 def test_repository_lock_marks_provenance_honestly():
