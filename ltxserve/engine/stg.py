@@ -17,6 +17,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor, apply_rotary_emb
 
 from ltxserve.engine.attention import AttentionBackend
+from ltxserve.engine.rope_cache import release_rope_cache
 
 
 class STGAttnProcessor(LTXVideoAttnProcessor):
@@ -87,6 +88,7 @@ class STGController:
     came without them, e.g. one not loaded through models.py)."""
 
     def __init__(self, transformer: torch.nn.Module):
+        self.transformer = transformer
         self.processors: list[STGAttnProcessor] = install_stg_processors(transformer)
 
     def set(self, blocks: tuple[int, ...], perturbed_rows: torch.Tensor | None) -> None:
@@ -96,4 +98,7 @@ class STGController:
             p.perturbed_rows = perturbed_rows if i in chosen else None
 
     def clear(self) -> None:
+        """The end of a pass (pipeline.py calls it after the loop): no perturbation, and the pass's RoPE tables
+        dropped (rope_cache.py)."""
         self.set((), None)
+        release_rope_cache(self.transformer)
