@@ -38,6 +38,8 @@ def _rmsnorm_modulate_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, n_tokens, dim
     mask = (rows < n_tokens)[:, None] & (cols < dim)[None, :]
     x = tl.load(x_ptr + b * sx_b + rows[:, None] * sx_n + cols[None, :] * sx_d, mask=mask, other=0.0)
     xf = x.to(tl.float32)
+    # tl.reduce with the sum combiner, not tl.sum: the same reduction, and it also runs in the interpreter when
+    # triton was imported before TRITON_INTERPRET could be set (torch imports it early)
     inv = tl.rsqrt(tl.reduce(xf * xf, 1, tl.standard._sum_combine) / dim + eps)
     # the norm's output is rounded to x's dtype, as diffusers' RMSNorm returns it
     normed = (xf * inv[:, None]).to(x.dtype).to(tl.float32)

@@ -36,48 +36,66 @@ def rope_qk_reference(q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor |
 
 
 @device_kernel
-def _rope_qk_kernel(q_ptr, k_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, n_tokens, dim,
+def _rope_qk_kernel(q_ptr, k_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, batch, n_tokens, dim,
                     sq_b, sq_n, sq_d, sk_b, sk_n, sk_d, sc_b, sc_n, sc_d, ss_b, ss_n, ss_d, so_b, so_n, eps,
-                    HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+                    HAS_WEIGHT: tl.constexpr, SHARED_TABLES: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_P: tl.constexpr):
+    # one program per tile of tokens, looping over the batch: tables shared by every row (a broadcast batch, as
+    # the transformer passes them) are read from memory once per tile, not once per row
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    b = tl.program_id(1).to(tl.int64)
     pairs = tl.arange(0, BLOCK_P).to(tl.int64)
     even, odd = 2 * pairs, 2 * pairs + 1
     wmask = pairs < dim // 2
     mask = (rows < n_tokens)[:, None] & wmask[None, :]
-    cbase = cos_ptr + b * sc_b + rows[:, None] * sc_n
-    sbase = sin_ptr + b * ss_b + rows[:, None] * ss_n
+    if HAS_WEIGHT:
+        wq_even = tl.load(wq_ptr + even, mask=wmask, other=0.0).to(tl.float32)
+        wq_odd = tl.load(wq_ptr + odd, mask=wmask, other=0.0).to(tl.float32)
+        wk_even = tl.load(wk_ptr + even, mask=wmask, other=0.0).to(tl.float32)
+        wk_odd = tl.load(wk_ptr + odd, mask=wmask, other=0.0).to(tl.float32)
+    cbase = cos_ptr + rows[:, None] * sc_n
+    sbase = sin_ptr + rows[:, None] * ss_n
     c_even = tl.load(cbase + even[None, :] * sc_d, mask=mask, other=0.0).to(tl.float32)
     c_odd = tl.load(cbase + odd[None, :] * sc_d, mask=mask, other=0.0).to(tl.float32)
     s_even = tl.load(sbase + even[None, :] * ss_d, mask=mask, other=0.0).to(tl.float32)
     s_odd = tl.load(sbase + odd[None, :] * ss_d, mask=mask, other=0.0).to(tl.float32)
-    for which in tl.static_range(2):  # q, then k: the tables are loaded once for both
-        if which == 0:
-            base = q_ptr + b * sq_b + rows[:, None] * sq_n
-            stride_d = sq_d
-            w_ptr = wq_ptr
-            obase = qo_ptr + b * so_b + rows[:, None] * so_n
-        else:
-            base = k_ptr + b * sk_b + rows[:, None] * sk_n
-            stride_d = sk_d
-            w_ptr = wk_ptr
-            obase = ko_ptr + b * so_b + rows[:, None] * so_n
-        x_even = tl.load(base + even[None, :] * stride_d, mask=mask, other=0.0)
-        x_odd = tl.load(base + odd[None, :] * stride_d, mask=mask, other=0.0)
-        xe = x_even.to(tl.float32)
-        xo = x_odd.to(tl.float32)
-        square_sum = tl.reduce(xe * xe, 1, tl.standard._sum_combine) + tl.reduce(xo * xo, 1, tl.standard._sum_combine)
-        inv = tl.rsqrt(square_sum / dim + eps)
-        # rounded where torch.nn.RMSNorm rounds: the normalised x in x's dtype, the weighted one in the output dtype
-        ne = (xe * inv[:, None]).to(x_even.dtype).to(tl.float32)
-        no = (xo * inv[:, None]).to(x_even.dtype).to(tl.float32)
-        if HAS_WEIGHT:
-            w_even = tl.load(w_ptr + even, mask=wmask, other=0.0).to(tl.float32)
-            w_odd = tl.load(w_ptr + odd, mask=wmask, other=0.0).to(tl.float32)
-            ne = (ne * w_even[None, :]).to(qo_ptr.dtype.element_ty).to(tl.float32)
-            no = (no * w_odd[None, :]).to(qo_ptr.dtype.element_ty).to(tl.float32)
-        tl.store(obase + even[None, :], (ne * c_even - no * s_even).to(qo_ptr.dtype.element_ty), mask=mask)
-        tl.store(obase + odd[None, :], (no * c_odd + ne * s_odd).to(qo_ptr.dtype.element_ty), mask=mask)
+    for b in range(batch):
+        if not SHARED_TABLES:
+            c_even = tl.load(cbase + b * sc_b + even[None, :] * sc_d, mask=mask, other=0.0).to(tl.float32)
+            c_odd = tl.load(cbase + b * sc_b + odd[None, :] * sc_d, mask=mask, other=0.0).to(tl.float32)
+            s_even = tl.load(sbase + b * ss_b + even[None, :] * ss_d, mask=mask, other=0.0).to(tl.float32)
+            s_odd = tl.load(sbase + b * ss_b + odd[None, :] * ss_d, mask=mask, other=0.0).to(tl.float32)
+        for which in tl.static_range(2):  # q, then k
+            if which == 0:
+                base = q_ptr + b * sq_b + rows[:, None] * sq_n
+                stride_d = sq_d
+                obase = qo_ptr + b * so_b + rows[:, None] * so_n
+            else:
+                base = k_ptr + b * sk_b + rows[:, None] * sk_n
+                stride_d = sk_d
+                obase = ko_ptr + b * so_b + rows[:, None] * so_n
+            x_even = tl.load(base + even[None, :] * stride_d, mask=mask, other=0.0)
+            x_odd = tl.load(base + odd[None, :] * stride_d, mask=mask, other=0.0)
+            xe = x_even.to(tl.float32)
+            xo = x_odd.to(tl.float32)
+            # tl.reduce with the sum combiner, not tl.sum: the same reduction, and it also runs in the interpreter
+            # when triton was imported before TRITON_INTERPRET could be set (torch imports it early)
+            square_sum = (tl.reduce(xe * xe, 1, tl.standard._sum_combine)
+                          + tl.reduce(xo * xo, 1, tl.standard._sum_combine))
+            inv = tl.rsqrt(square_sum / dim + eps)
+            # rounded where torch.nn.RMSNorm rounds: the normalised x in x's dtype, the weighted one in the output
+            ne = (xe * inv[:, None]).to(x_even.dtype).to(tl.float32)
+            no = (xo * inv[:, None]).to(x_even.dtype).to(tl.float32)
+            if HAS_WEIGHT:
+                if which == 0:
+                    ne = ne * wq_even[None, :]
+                    no = no * wq_odd[None, :]
+                else:
+                    ne = ne * wk_even[None, :]
+                    no = no * wk_odd[None, :]
+                ne = ne.to(qo_ptr.dtype.element_ty).to(tl.float32)
+                no = no.to(qo_ptr.dtype.element_ty).to(tl.float32)
+            tl.store(obase + even[None, :], (ne * c_even - no * s_even).to(qo_ptr.dtype.element_ty), mask=mask)
+            tl.store(obase + odd[None, :], (no * c_odd + ne * s_odd).to(qo_ptr.dtype.element_ty), mask=mask)
 
 
 def rope_qk(q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor | None, weight_k: torch.Tensor | None,
@@ -112,10 +130,11 @@ def rope_qk(q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor | None, wei
     block_p = triton.next_power_of_2(dim // 2)
     if block_m is None:
         block_m = max(1, min(8, 2048 // block_p)) if q.is_cuda else 64
-    grid = (triton.cdiv(n_tokens, block_m), batch)
+    grid = (triton.cdiv(n_tokens, block_m),)
     _rope_qk_kernel.on(q)[grid](
-        q, k, weight_q if has_weight else q, weight_k if has_weight else k, cos, sin, q_out, k_out, n_tokens, dim,
-        *q.stride(), *k.stride(), *cos_strides, *sin_strides, q_out.stride(0), q_out.stride(1), eps,
-        HAS_WEIGHT=has_weight, BLOCK_M=block_m, BLOCK_P=block_p,
+        q, k, weight_q if has_weight else q, weight_k if has_weight else k, cos, sin, q_out, k_out, batch, n_tokens,
+        dim, *q.stride(), *k.stride(), *cos_strides, *sin_strides, q_out.stride(0), q_out.stride(1), eps,
+        HAS_WEIGHT=has_weight, SHARED_TABLES=cos_strides[0] == 0 and sin_strides[0] == 0, BLOCK_M=block_m,
+        BLOCK_P=block_p,
         **({"num_warps": 8 if block_p >= 1024 else 4} if q.is_cuda else {}))
     return q_out, k_out

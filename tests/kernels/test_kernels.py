@@ -64,15 +64,17 @@ def test_gate_residual_matches_reference(batch, tokens, dim, segments, block_m, 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
-@pytest.mark.parametrize("batch,tokens,dim,block_m", [(2, 37, 48, 4), (3, 10, 96, 8), (1, 5, 6, 2)])
-def test_rope_qk_matches_reference(batch, tokens, dim, block_m, contiguous, dtype):
+@pytest.mark.parametrize("batch,tokens,dim,block_m,shared", [(2, 37, 48, 4, True), (3, 10, 96, 8, False),
+                                                             (1, 5, 6, 2, True)])
+def test_rope_qk_matches_reference(batch, tokens, dim, block_m, shared, contiguous, dtype):
     g = torch.Generator().manual_seed(dim)
     q = _activations(batch, tokens, dim, dtype, contiguous, g) * 2
     k = _activations(batch, tokens, dim, dtype, contiguous, g)
     w_q = (torch.rand(dim, generator=g) + 0.5).to(dtype)
     w_k = (torch.rand(dim, generator=g) + 0.5).to(dtype)
-    angles = torch.rand(1, tokens, dim // 2, generator=g) * 6
-    # as the segmented forward passes them: fp32 tables for the first row, expanded over the batch (stride 0)
+    angles = torch.rand(1 if shared else batch, tokens, dim // 2, generator=g) * 6
+    # shared: as the segmented forward passes them, fp32 tables for the first row expanded over the batch
+    # (stride 0, read once per tile); otherwise a table per row
     cos = angles.cos().repeat_interleave(2, dim=-1).expand(batch, -1, -1)
     sin = angles.sin().repeat_interleave(2, dim=-1).expand(batch, -1, -1)
     q_out, k_out = rope_qk(q, k, w_q, w_k, cos, sin, 1e-5, block_m=block_m)
