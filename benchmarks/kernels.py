@@ -153,6 +153,12 @@ def _small(device, dtype):
 
 
 def _cuda_time(fn, repeats: int) -> float:
+    if not torch.cuda.is_available():  # --smoke on a CPU: wall time
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats * 1e3
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -164,16 +170,17 @@ def _cuda_time(fn, repeats: int) -> float:
     return start.elapsed_time(end) / repeats
 
 
-def cuda_kernel_table(batch: int, tokens: int, repeats: int) -> None:
-    s = _step_shapes(batch, tokens, "cuda")
-    print(f"\nMeasured on {torch.cuda.get_device_name()} at batch {batch} x {tokens} tokens, bf16 (ms per call)")
+def cuda_kernel_table(batch: int, tokens: int, repeats: int, device: str = "cuda") -> None:
+    s = _step_shapes(batch, tokens, device)
+    name = torch.cuda.get_device_name() if device == "cuda" else "the CPU (smoke run, interpreted kernels)"
+    print(f"\nMeasured on {name} at batch {batch} x {tokens} tokens, bf16 (ms per call)")
     print(f"{'op':<18}{'torch':>10}{'kernel':>10}{'speed-up':>10}{'kernel GB/s':>13}")
     for name, _per_block, reference, kernel, fused in _ops(s):
         t_ref, t_kernel = _cuda_time(reference, repeats), _cuda_time(kernel, repeats)
         print(f"{name:<18}{t_ref:>10.3f}{t_kernel:>10.3f}{t_ref / t_kernel:>9.2f}x{fused / t_kernel / 1e6:>13.0f}")
 
 
-def cuda_block_table(batch: int, tokens: int, repeats: int) -> None:
+def cuda_block_table(batch: int, tokens: int, repeats: int, device: str = "cuda") -> None:
     """One 13B-sized block (random weights), eager/compiled x kernels off/on."""
     from diffusers.models.transformers.transformer_ltx import LTXVideoTransformerBlock
 
@@ -187,24 +194,24 @@ def cuda_block_table(batch: int, tokens: int, repeats: int) -> None:
             super().__init__()
             self.transformer_blocks = torch.nn.ModuleList([block])
 
-    s = _step_shapes(batch, tokens, "cuda")
-    text = torch.randn(batch, 256, DIM, device="cuda", dtype=torch.bfloat16)
-    temb = torch.randn(batch, 2, 6 * DIM, device="cuda", dtype=torch.bfloat16) * 0.1
+    s = _step_shapes(batch, tokens, device)
+    text = torch.randn(batch, 256, DIM, device=device, dtype=torch.bfloat16)
+    temb = torch.randn(batch, 2, 6 * DIM, device=device, dtype=torch.bfloat16) * 0.1
     print(f"\nOne 13B block, batch {batch} x {tokens} tokens (ms per call)")
     print(f"{'kernels':<10}{'compiled':<10}{'ms':>10}")
     for compiled in (False, True):
         for kernels_on in (False, True):
-            block = LTXVideoTransformerBlock(DIM, HEADS, DIM // HEADS, DIM).to("cuda", torch.bfloat16).eval()
+            block = LTXVideoTransformerBlock(DIM, HEADS, DIM // HEADS, DIM).to(device, torch.bfloat16).eval()
             block.__class__ = SegmentedLTXBlock
             holder = _Holder(block)
             install_direct_attention_calls(holder)
             install_kernels(holder, kernels_on)
             from kernels.ops import rope_qk
 
-            configure_attention(holder, choose_attention_backend(torch.device("cuda")),
+            configure_attention(holder, choose_attention_backend(torch.device(device)),
                                 rope_qk if kernels_on else None)
             if compiled:
-                block.compile()
+                block.compile(backend="inductor" if device == "cuda" else "aot_eager")
             start = time.perf_counter()
             with torch.inference_mode():
                 call = lambda: block(s["x"], text, temb, (s["cos"], s["sin"]), None, segments=s["segments"])  # noqa
@@ -219,6 +226,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--bandwidth-tbs", type=float, default=3.35, help="GPU memory bandwidth (H100 SXM: 3.35)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true",
+                        help="without CUDA: also run the timing tables on the CPU at a toy size (checks the script)")
     args = parser.parse_args()
     traffic_table(args.batch, args.tokens, args.bandwidth_tbs * 1e12)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -226,8 +235,14 @@ def main() -> None:
     if device == "cuda":
         cuda_kernel_table(args.batch, args.tokens, args.repeats)
         cuda_block_table(args.batch, args.tokens, args.repeats)
+    elif args.smoke:
+        global DIM, HEADS
+        DIM, HEADS = 64, 4
+        cuda_kernel_table(2, 40, 2, device="cpu")
+        cuda_block_table(2, 40, 1, device="cpu")
     else:
-        print("\nNo CUDA device: kernel and block timings skipped (they need a GPU).")
+        print("\nNo CUDA device: kernel and block timings skipped (they need a GPU; --smoke runs them on the CPU "
+              "at a toy size).")
 
 
 if __name__ == "__main__":
