@@ -15,7 +15,8 @@ from ltxserve import __version__
 from ltxserve.cli_flags import SettingsError, add_settings_flags, settings_from_args
 
 SERVE_SETTINGS = (
-    "host", "port", "data_dir", "workers", "model", "device", "dtype", "fp8_matmul", "memory", "api_keys", "tls_cert",
+    "host", "port", "data_dir", "workers", "model", "device", "dtype", "fp8_matmul", "memory", "use_triton_kernels",
+    "attention_backend", "compile_blocks", "api_keys", "tls_cert",
     "tls_key", "public_url", "allow_unauthenticated_public", "endpoints", "weights_dir", "worker_max_failed_starts",
     "log_level", "log_format", "access_log",
 )

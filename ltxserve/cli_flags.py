@@ -26,6 +26,7 @@ FLAG_NAMES = {
     "weights_lock": "--lock",
     "weights_base_url": "--base-url",
     "weights_pull_workers": "--workers",
+    "use_triton_kernels": "--kernels",
 }
 LOGGING = ("log_level", "log_format")
 

@@ -72,7 +72,21 @@ class Settings(BaseSettings):
     model: str = Field(default="auto", description="auto | tiny | PATH to a checkpoint folder or file.")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     dtype: Dtype = Field(default="auto", description="Weight dtype (fp8: transformer weights only).")
-    use_triton_kernels: bool = True
+    use_triton_kernels: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Triton kernels for the transformer's fused norm/modulation, gated residual and q/k norm + RoPE "
+                    "(kernels/): auto = on CUDA when triton is installed; on = also on the CPU (interpreted, slow).",
+    )
+    attention_backend: Literal["auto", "default", "fa3", "cudnn", "flash", "efficient", "math"] = Field(
+        default="auto",
+        description="Self-attention kernel (kept under STG): auto = flash-attention 3 on Hopper when installed, "
+                    "else SDPA cuDNN / flash / efficient, whichever this GPU has; default = diffusers' dispatch.",
+    )
+    compile_blocks: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="torch.compile each transformer block (regional compilation), warmed up at start for the "
+                    "default geometry: auto = on CUDA.",
+    )
     fp8_matmul: Literal["auto", "scaled_mm", "dequant"] = Field(
         default="auto",
         description="With --dtype fp8, multiply in fp8 (auto: on GPUs of compute capability 8.9+) or dequantize the "

@@ -25,6 +25,7 @@ from ltxserve.engine.offload import apply_placement
 from ltxserve.engine.placement import Placement
 from ltxserve.engine.plan import LTXV_13B_097_DEV, PipelineConfig, output_size, plan_geometry, with_steps
 from ltxserve.engine.schema import ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
+from ltxserve.engine.speedups import install_speedups
 
 log = logging.getLogger("ltxserve.engine")
 
@@ -114,6 +115,7 @@ class ImageToVideoEndpoint:
         if components is None:
             components = self._load(settings)
         self.components = components
+        self.speedups = install_speedups(components, settings)  # kernels, attention backend, compiled blocks
         self.loras = LoraStore(settings)
 
     def _load(self, settings: Settings) -> LTXComponents:

@@ -28,6 +28,7 @@ from transformers import T5Config, T5EncoderModel, T5TokenizerFast
 
 from ltxserve.engine.fp8 import FP8, Fp8Matmul, block_linears, convert_transformer_to_fp8
 from ltxserve.engine.segmented import install_segmented_forward
+from ltxserve.engine.stg import install_stg_processors
 
 CHECKPOINT_NAME = "ltxv-13b-0.9.7-dev.safetensors"
 FP8_CHECKPOINT_NAME = "ltxv-13b-0.9.7-dev-fp8.safetensors"  # Lightricks' e4m3 block Linears, the rest bf16
@@ -57,6 +58,7 @@ class LTXComponents:
     def __post_init__(self) -> None:
         # before any placement hook wraps the forwards: the adaLN values per distinct timestep (segmented.py)
         install_segmented_forward(self.transformer)
+        install_stg_processors(self.transformer)  # permanent STG processors on attn1 (stg.py; configured at load)
 
     @property
     def is_tiny(self) -> bool:

@@ -26,7 +26,8 @@ from ltxserve.logs import configure_logging
 from ltxserve.engine.contract import EndpointError
 from ltxserve.engine.schema import ImageToVideoInput
 
-GENERATE_SETTINGS = ("model", "device", "dtype", "fp8_matmul", "memory", "weights_dir", "log_level", "log_format")
+GENERATE_SETTINGS = ("model", "device", "dtype", "fp8_matmul", "memory", "use_triton_kernels", "attention_backend",
+                     "compile_blocks", "weights_dir", "log_level", "log_format")
 log = logging.getLogger("ltxserve.generate")
 
 _FIELD_FLAGS = {  # schema field -> (flag, type)

@@ -29,7 +29,7 @@ Segments = Sequence[int]  # boundaries: (0, n_cond, n_tokens) = two segments; ho
 
 def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, segments: Segments) -> torch.Tensor:
     """x * (1 + scale) + shift with scale/shift (B, U, D) constant over each segment of x's tokens."""
-    out = torch.empty_like(x) if scale.dtype == x.dtype else x.new_empty(x.shape, dtype=torch.result_type(x, scale))
+    out = torch.empty_like(x) if scale.dtype == x.dtype else x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, scale.dtype))
     for u, (start, end) in enumerate(zip(segments[:-1], segments[1:])):
         out[:, start:end] = x[:, start:end] * (1 + scale[:, u: u + 1]) + shift[:, u: u + 1]
     return out
@@ -38,38 +38,52 @@ def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, segment
 def _gated_add(base: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, segments: Segments) -> torch.Tensor:
     """base + x * gate with gate (B, U, D) constant over each segment."""
     out = torch.empty_like(base) if gate.dtype == base.dtype else base.new_empty(
-        base.shape, dtype=torch.result_type(base, torch.result_type(x, gate)))
+        base.shape, dtype=torch.promote_types(base.dtype, torch.promote_types(x.dtype, gate.dtype)))
     for u, (start, end) in enumerate(zip(segments[:-1], segments[1:])):
         out[:, start:end] = base[:, start:end] + x[:, start:end] * gate[:, u: u + 1]
     return out
 
 
 class SegmentedLTXBlock(LTXVideoTransformerBlock):
+    # the fused kernels (kernels.rmsnorm_modulate / kernels.gate_residual) when ltxserve/engine/speedups.py turns
+    # them on for this block; None: the torch ops below
+    fused_norm_modulate = None
+    fused_gate_residual = None
+
+    def _norm_modulate(self, norm, x, scale, shift, segments):
+        if self.fused_norm_modulate is not None and norm.weight is None:
+            return self.fused_norm_modulate(x, scale, shift, segments, norm.eps)
+        return _modulate(norm(x), scale, shift, segments)
+
+    def _gated_add(self, base, x, gate, segments):
+        if self.fused_gate_residual is not None:
+            return self.fused_gate_residual(base, x, gate, segments)
+        return _gated_add(base, x, gate, segments)
+
     def forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
                 encoder_attention_mask=None, segments: Segments | None = None):
         if segments is None:
             return super().forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb,
                                    encoder_attention_mask)
         batch_size = hidden_states.size(0)
-        norm_hidden_states = self.norm1(hidden_states)
         num_ada_params = self.scale_shift_table.shape[0]
         # (B, U, 6, D): one row of adaLN values per distinct timestep, not per token
         ada_values = self.scale_shift_table[None, None].to(temb.device) + temb.reshape(
             batch_size, temb.size(1), num_ada_params, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada_values.unbind(dim=2)
-        norm_hidden_states = _modulate(norm_hidden_states, scale_msa, shift_msa, segments)
+        norm_hidden_states = self._norm_modulate(self.norm1, hidden_states, scale_msa, shift_msa, segments)
 
         attn_hidden_states = self.attn1(hidden_states=norm_hidden_states, encoder_hidden_states=None,
                                         image_rotary_emb=image_rotary_emb)
-        hidden_states = _gated_add(hidden_states, attn_hidden_states, gate_msa, segments)
+        hidden_states = self._gated_add(hidden_states, attn_hidden_states, gate_msa, segments)
 
         attn_hidden_states = self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                         image_rotary_emb=None, attention_mask=encoder_attention_mask)
         hidden_states = hidden_states + attn_hidden_states
-        norm_hidden_states = _modulate(self.norm2(hidden_states), scale_mlp, shift_mlp, segments)
+        norm_hidden_states = self._norm_modulate(self.norm2, hidden_states, scale_mlp, shift_mlp, segments)
 
         ff_output = self.ff(norm_hidden_states)
-        return _gated_add(hidden_states, ff_output, gate_mlp, segments)
+        return self._gated_add(hidden_states, ff_output, gate_mlp, segments)
 
 
 class SegmentedLTXTransformer(LTXVideoTransformer3DModel):

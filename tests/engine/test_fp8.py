@@ -110,3 +110,15 @@ def test_lightricks_fp8_checkpoint_loads_its_e4m3_weights_exactly(tmp_path):
     plain = upcast.transformer.transformer_blocks[3].attn2.to_k
     assert type(plain) is nn.Linear and torch.equal(plain.weight, stored.to(torch.bfloat16))
     assert np.isfinite(upcast.transformer.proj_in.weight.float().numpy()).all()
+
+
+def test_beside_the_bf16_checkpoint_the_fp8_file_is_taken_only_for_fp8(tmp_path):
+    c = build_tiny_components(seed=5)
+    save_original_layout(c, tmp_path)  # the bf16/fp32 checkpoint, upscaler, T5
+    save_original_layout(c, tmp_path, fp8_blocks=True)  # and Lightricks' fp8 file beside it
+    plain = load_components(tmp_path, dtype=torch.float32)
+    layer = plain.transformer.transformer_blocks[1].ff.net[2]
+    assert type(layer) is nn.Linear and torch.equal(layer.weight, c.transformer.transformer_blocks[1].ff.net[2].weight)
+    fp8 = load_components(tmp_path, dtype=torch.bfloat16, fp8="dequant")
+    stored = c.transformer.transformer_blocks[1].ff.net[2].weight.to(FP8)
+    assert torch.equal(fp8.transformer.transformer_blocks[1].ff.net[2].weight.view(torch.uint8), stored.view(torch.uint8))

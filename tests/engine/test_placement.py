@@ -61,7 +61,8 @@ U = ("latent_upsampler",)
         (32, P480, "offload", "bf16", ("latent_upsampler", "vae"), "full"),  # bf16 with the transformer visiting
         (32, P720, "offload", "fp8", T_U_V, "tiled"),  # fp8 transformer weights: only T5 visits
         (24, P480, "offload", "fp8", ("transformer", "latent_upsampler"), "tiled"),  # the VAE visits too
-        (24, P720, "sequential", "bf16", U, "full"),  # last resort: streamed, the upsampler resident
+        (24, P720, "offload", "fp8", ("transformer", "latent_upsampler"), "tiled"),  # fp8 keeps the transformer
+        (16, P720, "sequential", "bf16", U, "tiled"),  # last resort: streamed, the upsampler resident
         (12, P720, "sequential", "bf16", U, "tiled"),
         (12, P480, "sequential", "bf16", U, "full"),
     ],
@@ -98,7 +99,7 @@ def test_estimate_counts_the_weights_that_are_resident(sizes):
 
 
 def test_sequential_holds_a_couple_of_blocks(sizes):
-    plan = plan_placement(card_free_bytes(24), sizes, P720)
+    plan = plan_placement(card_free_bytes(16), sizes, P720)
     assert plan.memory == "sequential"
     act = stage_activations(sizes, P720, plan.decode)
     weights_on_gpu = plan.stage_bytes["denoise_pass2"] - act["denoise_pass2"]
