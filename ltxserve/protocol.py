@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 REQUEST_ID_HEADER = "x-fal-request-id"
 ERROR_TYPE_HEADER = "x-fal-error-type"
@@ -149,8 +149,18 @@ class WebhookPayload(BaseModel):
 
 
 class UploadInitiateRequest(BaseModel):
-    content_type: str = "application/octet-stream"
-    file_name: str | None = None
+    # a MIME type is printable ASCII (it goes back out in a Content-Type header); the name any Unicode text that
+    # can be encoded (a lone surrogate is valid JSON but neither storable nor servable)
+    content_type: str = Field(default="application/octet-stream", max_length=255,
+                              pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;[\x20-\x7e]*)?$")
+    file_name: str | None = Field(default=None, max_length=255)
+
+    @field_validator("file_name")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        if value is not None:
+            value.encode("utf-8")  # UnicodeEncodeError is a ValueError: a 422
+        return value
 
 
 class UploadInitiateResponse(BaseModel):

@@ -5,7 +5,8 @@ Settings read (Settings fields; `getattr` defaults until they exist everywhere):
 - `use_triton_kernels`: auto | on | off (True/False mean auto/off). auto: on CUDA when triton is installed; on: also
   on the CPU, through Triton's interpreter (slow; for tests); off: torch ops.
 - `attention_backend`: auto | default | fa3 | cudnn | flash | efficient | math (engine/attention.py).
-- `compile_blocks`: auto | on | off. auto: on CUDA; on: also on the CPU; warm-up for the default geometry at load.
+- `compile_blocks`: auto | on | off. auto: on CUDA unless the blocks are streamed (sequential placement); on: also on
+  the CPU; warm-up for the default geometry at load; under auto a compiler failure leaves the blocks eager.
 """
 
 from __future__ import annotations
@@ -93,7 +94,10 @@ def install_speedups(components, settings, *, warm_up_geometry: bool = True) -> 
 
     compiled, seconds = False, 0.0
     compile_mode = _switch(getattr(settings, "compile_blocks", "off"), "compile_blocks")
-    if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda"):
+    # auto leaves blocks that are streamed in by group offloading (sequential placement) eager: their hooks move
+    # weights inside the call, which a compiled region would only break around
+    streamed = any(getattr(b, "_diffusers_hook", None) is not None for b in transformer.transformer_blocks)
+    if compile_mode == "on" or (compile_mode == "auto" and device.type == "cuda" and not streamed):
         from ltxserve.engine.compile import blocks_compiled, compile_blocks, warm_up
 
         try:

@@ -128,3 +128,24 @@ def test_fal_shape_of_a_model_error(api_server):
         assert item["ctx"] == {"ge": 9} and item["input"] == 5
         r = c.post(LTX, json={**VALID, "resolution": "1080p"})
         assert r.json()["detail"][0]["type"] == "one_of"
+
+
+@pytest.mark.parametrize("body", [
+    '{"content_type": "\\ud800"}',  # found by the fuzz suite: stored, it broke the files index (500)
+    '{"content_type": "image/png", "file_name": "a\\udc00.png"}',
+    '{"content_type": "not a mime type"}',
+    '{"content_type": "image/png\\r\\nX-Injected: 1"}',
+])
+def test_upload_initiate_refuses_unusable_types_and_names_with_422(api_server, body):
+    conn = http.client.HTTPConnection("127.0.0.1", api_server.port, timeout=30)
+    try:
+        conn.request("POST", "/storage/upload/initiate", body=_raw(body), headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        payload = json.loads(r.read())
+        assert r.status == 422 and payload["detail"][0]["loc"][0] == "body", payload
+        conn.request("POST", "/storage/upload/initiate", body=b'{"content_type": "image/png", "file_name": "a.png"}',
+                     headers={"Content-Type": "application/json"})
+        ok = conn.getresponse()
+        assert ok.status == 200 and "upload_url" in json.loads(ok.read())
+    finally:
+        conn.close()

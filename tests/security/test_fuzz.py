@@ -220,11 +220,14 @@ def test_fuzz_every_operation_gives_no_5xx(fuzz_server):
                 ACCEPTED.append(r.json()["status_url"])
                 FIGURES["accepted"] += 1
 
-        one_case()
+        try:
+            one_case()
+        finally:  # also when a case fails: the next test must not find the worker busy with this one's jobs
+            # Every accepted job is accounted for: cancel what still waits, then each must reach COMPLETED.
+            for status_url in ACCEPTED:
+                c.put(status_url.rsplit("/status", 1)[0] + "/cancel")
+            c.put(blocker["cancel_url"])
         seconds = time.monotonic() - started
-        # Every accepted job is accounted for: cancel what still waits, then each must reach COMPLETED.
-        for status_url in ACCEPTED:
-            c.put(status_url.rsplit("/status", 1)[0] + "/cancel")
         lost = 0
         for status_url in ACCEPTED:
             try:
@@ -232,7 +235,6 @@ def test_fuzz_every_operation_gives_no_5xx(fuzz_server):
             except (TimeoutError, AssertionError, KeyError):
                 lost += 1
         FIGURES["jobs_lost"] = lost
-        c.put(blocker["cancel_url"])
         wait_completed(c, blocker["status_url"], timeout=30)
         assert c.get("/readyz").status_code == 200
         same_worker = fuzz_server.worker_pids() == pids
