@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import dataclasses
 import json
-import math
 import sys
 import tempfile
 import time
@@ -34,28 +32,11 @@ from ltxserve.config import Settings  # noqa: E402
 from ltxserve.engine import media, plan  # noqa: E402
 from ltxserve.engine.endpoint import ImageToVideoEndpoint  # noqa: E402
 from ltxserve.engine.pipeline import GenerationInputs, generate_frames  # noqa: E402
+from tests.engine.frame_metrics import psnr  # noqa: E402
+from tests.engine.test_fidelity import _pipeline_config_for  # noqa: E402  (the cases' configs, as the tests build them)
 
 FORMATS = {"fp32": ("fp32", "auto"), "bf16": ("bf16", "auto"), "fp8-mm": ("fp8", "scaled_mm"),
            "fp8-dq": ("fp8", "dequant")}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def _config(case: dict) -> plan.PipelineConfig:
-    r = case["request"]
-    config = plan.with_steps(plan.LTXV_13B_097_DEV, r["first_pass_num_inference_steps"], r["first_pass_skip_final_steps"],
-                             r["second_pass_num_inference_steps"], r["second_pass_skip_initial_steps"])
-
-    def as_tuple(v):
-        return tuple(as_tuple(x) for x in v) if isinstance(v, list) else v
-
-    passes = {name: dataclasses.replace(getattr(config, name), **{k: as_tuple(v) for k, v in
-                                                                  case["guidance_overrides"][name].items()})
-              for name in ("first_pass", "second_pass")}
-    return dataclasses.replace(config, **passes)
 
 
 def generate(endpoint: ImageToVideoEndpoint, case: dict) -> np.ndarray:
@@ -63,7 +44,7 @@ def generate(endpoint: ImageToVideoEndpoint, case: dict) -> np.ndarray:
     from PIL import Image
 
     r = case["request"]
-    config = _config(case)
+    config = _pipeline_config_for(case)
     geometry = plan.plan_geometry(r["width"], r["height"], r["num_frames"], config.downscale_factor)
     with Image.open(FIXTURES / case["image"]) as image:
         conditioning = media.prepare_conditioning_image(image.convert("RGB"), r["width"], r["height"],
