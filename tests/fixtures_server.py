@@ -9,8 +9,10 @@ import ssl
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -157,3 +159,25 @@ def shared_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+LTX_ENDPOINT_SPEC = "ltxserve.engine.schema:SPEC"
+
+
+@contextmanager
+def tiny_ltx_server(data_parent: Path) -> Iterator[LiveServer]:
+    """`ltxserve serve` with the real image-to-video endpoint on the tiny random-weight model."""
+    server = LiveServer(data_dir=data_parent / "data", port=free_port(), endpoints=[LTX_ENDPOINT_SPEC],
+                        extra_args=["--model", "tiny"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ltx_server(tmp_path_factory):
+    """One tiny-model LTX server per test module."""
+    with tiny_ltx_server(tmp_path_factory.mktemp("ltx")) as server:
+        yield server

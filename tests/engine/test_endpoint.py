@@ -10,17 +10,6 @@ from tests.clients.endpoints import TARGET_INPUT
 ENDPOINT = "fal-ai/ltx-video-13b-dev/image-to-video"
 
 
-@pytest.fixture(scope="module")
-def ltx_server(tmp_path_factory):
-    from tests.fixtures_server import LiveServer, free_port
-
-    s = LiveServer(data_dir=tmp_path_factory.mktemp("ltx") / "data", port=free_port(),
-                   endpoints=["ltxserve.engine.schema:SPEC"], extra_args=["--model", "tiny"])
-    s.start()
-    yield s
-    s.stop()
-
-
 def test_generation_logs_progress_and_tiny_warning(ltx_server):
     with ltx_server.client() as c:
         sub = submit(c, ENDPOINT, {**TARGET_INPUT, "reverse_video": True})

@@ -156,8 +156,13 @@ def endpoint(components, tmp_path_factory):
 
 
 def test_cases_cover_the_required_variations():
-    requests = [c["request"] for c in CASES]
-    assert len(CASES) >= 5
+    assert_cases_cover_the_required_variations(CASES)
+
+
+def assert_cases_cover_the_required_variations(cases: list[dict[str, Any]]) -> None:
+    """A fixture document worth testing against: padding, CRF, frame rates, seeds, the hosted steps, overrides."""
+    requests = [c["request"] for c in cases]
+    assert len(cases) >= 5
     assert {r["constant_rate_factor"] for r in requests} >= {29, 35}
     assert any(r["num_frames"] % 8 != 1 for r in requests), "a frame count that needs padding to 8k+1"
     assert any(r["width"] % 32 or r["height"] % 32 for r in requests), "a size that needs padding to 32"
@@ -168,7 +173,7 @@ def test_cases_cover_the_required_variations():
          r["second_pass_num_inference_steps"], r["second_pass_skip_initial_steps"]) == (30, 3, 30, 17)
         for r in requests
     ), "the hosted default step counts"
-    assert any(_has_guidance_overrides(c) for c in CASES)
+    assert any(_has_guidance_overrides(c) for c in cases)
 
 
 def test_comparison_tolerates_rounding_noise_but_not_real_differences():

@@ -94,19 +94,9 @@ def test_bf16_cases_are_the_fp32_cases():
 
 
 def test_cases_cover_the_required_variations():
-    requests = [c["request"] for c in CASES]
-    assert len(CASES) >= 5
-    assert {r["constant_rate_factor"] for r in requests} >= {29, 35}
-    assert any(r["num_frames"] % 8 != 1 for r in requests), "a frame count that needs padding to 8k+1"
-    assert any(r["width"] % 32 or r["height"] % 32 for r in requests), "a size that needs padding to 32"
-    assert any(r["frame_rate"] != 30 for r in requests)
-    assert len({r["seed"] for r in requests}) >= 3
-    assert any(
-        (r["first_pass_num_inference_steps"], r["first_pass_skip_final_steps"],
-         r["second_pass_num_inference_steps"], r["second_pass_skip_initial_steps"]) == (30, 3, 30, 17)
-        for r in requests
-    ), "the hosted default step counts"
-    assert any(c["guidance_overrides"]["first_pass"] or c["guidance_overrides"]["second_pass"] for c in CASES)
+    from tests.engine.test_fidelity import assert_cases_cover_the_required_variations
+
+    assert_cases_cover_the_required_variations(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -12,17 +12,6 @@ from tests.security.conftest import data_uri, png_bytes
 ENDPOINT = "fal-ai/ltx-video-13b-dev/image-to-video"
 
 
-@pytest.fixture(scope="module")
-def ltx_server(tmp_path_factory):
-    from tests.fixtures_server import LiveServer, free_port
-
-    s = LiveServer(data_dir=tmp_path_factory.mktemp("ltx-images") / "data", port=free_port(),
-                   endpoints=["ltxserve.engine.schema:SPEC"], extra_args=["--model", "tiny"])
-    s.start()
-    yield s
-    s.stop()
-
-
 @pytest.mark.parametrize("size", [(1, 1), (1, 1000), (1000, 1)])
 def test_degenerate_images_are_422_image_too_small(ltx_server, size):
     with ltx_server.client() as c:

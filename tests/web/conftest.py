@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.fixtures_server import LiveServer, free_port
+from tests.fixtures_server import tiny_ltx_server
 
 CHROMIUM = os.environ.get("LTXSERVE_CHROMIUM", "/usr/bin/chromium")
 
@@ -45,11 +45,8 @@ def artifacts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory):
     """`ltxserve serve` on the tiny random-weight model with the real image-to-video endpoint."""
-    s = LiveServer(data_dir=tmp_path_factory.mktemp("playground") / "data", port=free_port(),
-                   endpoints=["ltxserve.engine.schema:SPEC"], extra_args=["--model", "tiny"])
-    s.start()
-    yield s
-    s.stop()
+    with tiny_ltx_server(tmp_path_factory.mktemp("playground")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
