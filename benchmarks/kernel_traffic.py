@@ -10,7 +10,7 @@ reference on small shapes (through Triton's interpreter on the CPU, compiled on 
 On CUDA, also: each kernel and its reference timed at the real shapes, and one transformer block of the real size
 (random weights) timed eager/compiled x kernels off/on.
 
-    python benchmarks/kernels.py [--tokens 24960] [--batch 2] [--bandwidth-tbs 3.35] [--repeats 20]
+    python benchmarks/kernel_traffic.py [--tokens 24960] [--batch 2] [--bandwidth-tbs 3.35] [--repeats 20]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-# run as a script, this file's folder leads sys.path and its name would shadow the `kernels` package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# run as a script from a checkout: the repository root provides the `kernels` package (as for the other benchmarks)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
