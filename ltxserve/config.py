@@ -142,3 +142,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=100_000_000, description="Largest input image (width x height) decoded; larger ones are refused "
         "with 422 image_too_large before decoding. Decoding holds about 4 bytes per pixel.")
+
+    # --- issue 10: expand_prompt (the prompt enhancer; engine/prompt_enhancer.py) -----------------------------------
+    prompt_enhancer_dir: Path | None = Field(
+        default=None, description="Folder holding the prompt enhancer's captioner/ and llm/ (default: "
+        "WEIGHTS_DIR/prompt_enhancer, where `ltxserve weights pull --component prompt_captioner --component "
+        "prompt_llm` puts them).")
+    prompt_enhancer_caption_tokens: int = Field(
+        default=1024, ge=1, description="Most new tokens of the image caption (Florence-2, beam search of 3).")
+    prompt_enhancer_max_tokens: int = Field(
+        default=256, ge=1, description="Most new tokens of the expanded prompt (Llama 3.2 3B, greedy).")

@@ -117,6 +117,7 @@ class ImageToVideoEndpoint:
         self.components = components
         self.speedups = install_speedups(components, settings)  # kernels, attention backend, compiled blocks
         self.loras = LoraStore(settings)
+        self.expander = self._prompt_expander(settings)  # expand_prompt: loads its models on first use
 
     def _load(self, settings: Settings) -> LTXComponents:
         """Choose the placement, load the weights to host memory in its format, then place them on the device."""
@@ -132,10 +133,27 @@ class ImageToVideoEndpoint:
         self.offloader = apply_placement(components, placement, device)
         return components
 
+    def _prompt_expander(self, settings: Settings):
+        from ltxserve.engine.prompt_expansion import PromptExpander
+
+        plan = None
+        if self.placement is not None:  # a 13B placement on a GPU: the enhancer takes only what it leaves
+            from ltxserve.engine.placement import count_model_sizes
+            from ltxserve.engine.prompt_enhancer_plan import count_enhancer_sizes, plan_enhancer
+
+            plan = plan_enhancer(self.placement, count_model_sizes(), count_enhancer_sizes())
+        expander = PromptExpander(settings, tiny=self.components.is_tiny, device=self.components.device,
+                                  dtype=self.components.dtype, plan=plan)
+        if plan is not None and expander.weights_present():
+            log.info("%s", plan.describe())
+            self.placement = PromptExpander.reserve(self.placement, plan)
+        return expander
+
     def generate(self, inp: ImageToVideoInput, ctx: JobContext | None = None, *, width: int | None = None,
                  height: int | None = None) -> GeneratedVideo:
         ctx = ctx or _NoContext()
-        self._refuse_unsupported(inp)
+        if inp.expand_prompt:
+            self.expander.check()  # a 422 naming the weights to pull, before any work
         if self.components.is_tiny:
             ctx.log(TINY_WARNING, "WARN")
         if inp.enable_safety_checker:
@@ -161,6 +179,9 @@ class ImageToVideoEndpoint:
                 f"{geometry.first_pass_width}x{geometry.first_pass_height} then "
                 f"{geometry.second_pass_width}x{geometry.second_pass_height}), seed {seed}")
         self._plan_memory(width, height, inp.num_frames, ctx)  # refuses (422) before any GPU work
+        prompt = inp.prompt
+        if inp.expand_prompt:  # caption the first frame, rewrite the prompt; off the GPU again before encoding
+            prompt = self.expander.expand(inp.prompt, image, ctx, self.offloader)
         conditioning = prepare_conditioning_image(image, width, height, geometry.padding, inp.constant_rate_factor)
         adapters = []
         for i, lora in enumerate(inp.loras):
@@ -179,7 +200,7 @@ class ImageToVideoEndpoint:
                 cancel_between_blocks(self.components.transformer, ctx.cancelled):
             frames = generate_frames(
                 self.components, config,
-                GenerationInputs(prompt=inp.prompt, negative_prompt=inp.negative_prompt,
+                GenerationInputs(prompt=prompt, negative_prompt=inp.negative_prompt,
                                  conditioning_image=conditioning, geometry=geometry, frame_rate=inp.frame_rate,
                                  seed=seed),
                 on_step=on_step, should_cancel=ctx.cancelled,
@@ -188,7 +209,7 @@ class ImageToVideoEndpoint:
             frames = resize_frames(frames, *output)
         if inp.reverse_video:
             frames = frames[::-1]  # a view: write_mp4 makes each frame contiguous as it streams it
-        return GeneratedVideo(frames=frames, seed=seed, prompt=inp.prompt)
+        return GeneratedVideo(frames=frames, seed=seed, prompt=prompt)
 
     def run(self, inp: ImageToVideoInput, ctx: JobContext) -> ImageToVideoOutput:
         video = self.generate(inp, ctx)
@@ -209,8 +230,3 @@ class ImageToVideoEndpoint:
         plan = plan_request(count_model_sizes(), self.placement, RequestSize(width, height, num_frames))
         apply_request_plan(self.components.vae, plan)
         ctx.log(plan.describe())
-
-    @staticmethod
-    def _refuse_unsupported(inp: ImageToVideoInput) -> None:
-        if inp.expand_prompt:
-            raise InputError("expand_prompt is not supported by this build yet", loc=("body", "expand_prompt"))

@@ -99,8 +99,11 @@ class ImageToVideoInput(_Strict):
         "timestep (the reference's skip_initial_inference_steps)."))
     frame_rate: int = Field(default=30, ge=1, le=120, description="Frames per second of the output; it also "
                                                                   "conditions the model.")
-    expand_prompt: bool = Field(default=False, description="Expand the prompt with a language model (not yet "
-                                                           "supported by this build: true fails with a clear error).")
+    expand_prompt: bool = Field(default=False, description=(
+        "Expand the prompt as the reference's prompt enhancer does: Florence-2 captions the image, Llama 3.2 3B "
+        "rewrites the prompt with the caption into one detailed paragraph (~150 words) that leads with the motion. "
+        "Deterministic; the result's `prompt` is the expanded prompt and the job log shows the caption. Needs the "
+        "server's optional prompt-enhancer weights (422 on this field when they are missing)."))
     reverse_video: bool = Field(default=False, description="Reverse the frame order of the output.")
     enable_safety_checker: bool = Field(default=True, description=(
         "Accepted for compatibility; this build runs no safety checker and says so in the job logs."))
