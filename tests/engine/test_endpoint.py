@@ -31,7 +31,6 @@ def test_random_seed_is_returned(ltx_server):
 
 @pytest.mark.parametrize("extra, field", [
     ({"loras": [{"path": "https://example.com/x.safetensors"}]}, "loras"),
-    ({"expand_prompt": True}, "expand_prompt"),
     ({"image_url": "data:image/png;base64,bm90IGFuIGltYWdl"}, "image_url"),
 ])
 def test_unsupported_or_unusable_input_fails_clearly(ltx_server, extra, field):

@@ -1,0 +1,218 @@
+"""The prompt enhancer on tiny models: messages, decoding, the published-layout loader, placement beside the 13B."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from ltxserve.engine.florence_caption import (CaptionerError, load_captioner, native_key, published_key,
+                                              save_published_captioner)
+from ltxserve.engine.prompt_enhancer import (EnhancerUnavailable, PromptEnhancer, check_enhancer_folder,
+                                             chat_messages, decode_new_tokens)
+from ltxserve.engine.prompt_enhancer_tiny import CAPTIONER_DIR, LLM_DIR, ensure_tiny_prompt_enhancer
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return ensure_tiny_prompt_enhancer(tmp_path_factory.mktemp("pe-cache"))
+
+
+@pytest.fixture(scope="module")
+def enhancer(tiny_folder):
+    e = PromptEnhancer(tiny_folder, caption_tokens=8, max_tokens=12)
+    e.load()
+    return e
+
+
+IMAGE = Image.new("RGB", (64, 48), (200, 30, 30))
+
+
+def test_chat_messages_hold_the_prompt_and_the_caption():
+    messages = chat_messages("  a dog runs ", "A brown dog on a lawn.")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "150 words" in messages[0]["content"] and "motion" in messages[0]["content"]
+    user = messages[1]["content"]
+    assert "a dog runs" in user and "A brown dog on a lawn." in user
+
+
+def test_the_rendered_conversation_reaches_the_model(enhancer):
+    ids = enhancer.tokenizer.apply_chat_template(chat_messages("a dog runs", "A lawn."), add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"]
+    text = enhancer.tokenizer.decode(ids)
+    assert text.count("<|begin_of_text|>") == 1  # the template's own BOS only (the reference doubles it)
+    assert "a dog runs" in text and "A lawn." in text and text.endswith("assistant<|end_header_id|>\n\n")
+
+
+def test_only_new_tokens_are_decoded(enhancer):
+    tok = enhancer.tokenizer
+    prompt = tok("the prompt text", return_tensors="pt")["input_ids"]
+    new = tok("fresh words", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    eot = torch.tensor([[tok.convert_tokens_to_ids("<|eot_id|>")]])
+    generated = torch.cat([prompt, new, eot], dim=1)
+    assert decode_new_tokens(tok, generated, prompt.shape[1]) == "fresh words"
+
+
+def test_expansion_is_deterministic_and_differs_from_the_prompt(enhancer, tiny_folder):
+    first = enhancer.expand("a red ball rolls", IMAGE)
+    assert first.caption and first.rewritten and first.prompt == first.rewritten != "a red ball rolls"
+    again = PromptEnhancer(tiny_folder, caption_tokens=8, max_tokens=12).expand("a red ball rolls", IMAGE)
+    assert again == first  # a fresh load of the same files gives the same caption and expansion
+    other = enhancer.expand("a red ball rolls", Image.new("RGB", (64, 48), (10, 200, 30)))
+    assert other.caption != first.caption  # the caption depends on the image
+
+
+def test_new_token_limits_are_honoured(enhancer, monkeypatch):
+    lengths = {}
+
+    def spy(name, model):
+        original = model.generate
+
+        def generate(*args, **kwargs):
+            out = original(*args, **kwargs)
+            prompt = 0 if name == "caption" else kwargs["input_ids"].shape[1]  # BART returns decoder tokens only
+            lengths[name] = (kwargs["max_new_tokens"], out.shape[1] - prompt)
+            return out
+
+        monkeypatch.setattr(model, "generate", generate)
+
+    spy("caption", enhancer.captioner.model)
+    spy("rewrite", enhancer.llm)
+    enhancer.expand("a red ball rolls", IMAGE)
+    assert lengths["rewrite"][0] == 12 and 0 < lengths["rewrite"][1] <= 12
+    # the encoder-decoder's output: the decoder's start token, then at most the limit
+    assert lengths["caption"][0] == 8 and 1 < lengths["caption"][1] <= 8 + 1
+
+
+def test_published_layout_round_trips_the_captioner(tiny_folder, tmp_path):
+    """Loaded from the published (remote-code) layout, saved back, loaded again: identical logits; and the file
+    really is in the published names."""
+    captioner = load_captioner(tiny_folder / CAPTIONER_DIR)
+    from safetensors import safe_open
+
+    with safe_open(tiny_folder / CAPTIONER_DIR / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "image_projection" in keys and "language_model.final_logits_bias" in keys
+    assert any(k.startswith("vision_tower.blocks.0.0.spatial_block.conv1.fn.dw.") for k in keys)
+    assert not any(k.startswith("model.") for k in keys)
+    config = json.loads((tiny_folder / CAPTIONER_DIR / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "davit" and "dim_embed" in config["vision_config"]
+
+    save_published_captioner(captioner.model, _without_image_token(tiny_folder), json.loads(
+        (tiny_folder / CAPTIONER_DIR / "preprocessor_config.json").read_text()), tmp_path)
+    again = load_captioner(tmp_path)
+    inputs = captioner.processor(text="<DETAILED_CAPTION>", images=IMAGE, return_tensors="pt")
+    with torch.no_grad():
+        a = captioner.model(**inputs, decoder_input_ids=torch.tensor([[2, 0, 5]])).logits
+        b = again.model(**inputs, decoder_input_ids=torch.tensor([[2, 0, 5]])).logits
+    assert torch.equal(a, b)
+    assert captioner.model.model.language_model.shared.weight[-1].abs().sum() == 0  # the <image> row
+
+
+def _without_image_token(folder):
+    from transformers import BartTokenizerFast
+
+    return BartTokenizerFast.from_pretrained(folder / CAPTIONER_DIR)
+
+
+def test_llm_round_trips_through_its_published_layout(enhancer, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    enhancer.llm.save_pretrained(tmp_path)
+    again = LlamaForCausalLM.from_pretrained(tmp_path, local_files_only=True)
+    ids = torch.tensor([[1, 5, 9, 30]])
+    with torch.no_grad():
+        assert torch.equal(enhancer.llm(ids).logits, again(ids).logits)
+
+
+def test_key_translation_is_an_inverse_pair():
+    for native in ("model.vision_tower.convs.2.conv.weight", "model.vision_tower.blocks.2.7.channel_block.ffn.fc1.bias",
+                   "model.vision_tower.blocks.0.0.spatial_block.norm1.weight",
+                   "model.multi_modal_projector.image_position_embed.row_embeddings.weight",
+                   "model.language_model.decoder.layers.3.encoder_attn.k_proj.weight", "lm_head.weight"):
+        assert native_key(published_key(native)) == native
+    # the names transformers' conversion script maps
+    assert native_key("vision_tower.blocks.1.0.channel_block.channel_attn.fn.qkv.weight") == \
+        "model.vision_tower.blocks.1.0.channel_block.channel_attn.qkv.weight"
+    assert native_key("vision_tower.blocks.1.0.spatial_block.ffn.norm.bias") == \
+        "model.vision_tower.blocks.1.0.spatial_block.norm2.bias"
+
+
+def test_unknown_published_weights_are_refused(tiny_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_folder / CAPTIONER_DIR, tmp_path / "c")
+    state = load_file(tmp_path / "c" / "model.safetensors")
+    state["vision_tower.head.weight"] = torch.zeros(2, 2)
+    save_file(state, tmp_path / "c" / "model.safetensors")
+    with pytest.raises(CaptionerError, match="vision_tower.head.weight"):
+        load_captioner(tmp_path / "c")
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path):
+    (tmp_path / CAPTIONER_DIR).mkdir()
+    with pytest.raises(EnhancerUnavailable, match="weights pull --component prompt_captioner --component prompt_llm"):
+        check_enhancer_folder(tmp_path)
+
+
+# --- placement beside the 13B model (pure: planned for given GPU sizes) ----------------------------------------------
+
+@pytest.mark.parametrize("card_gb, memory, expected", [
+    (141, "auto", "gpu"), (80, "auto", "gpu"),      # room beside the whole model: resident
+    (48, "auto", "visit"),                          # LTX-Video #162's card: on the GPU only while it runs
+    (40, "auto", "visit"), (24, "auto", "visit"),   # offload placements: beside what stays resident
+    (24, "sequential", "visit"), (12, "auto", "visit"),
+])
+def test_enhancer_placement_for_card_sizes(card_gb, memory, expected):
+    from ltxserve.engine.placement import RequestSize, card_free_bytes, count_model_sizes, plan_placement
+    from ltxserve.engine.prompt_enhancer_plan import count_enhancer_sizes, plan_enhancer
+    from ltxserve.engine.memory_plan import weight_bytes
+
+    sizes, enhancer = count_model_sizes(), count_enhancer_sizes()
+    placement = plan_placement(card_free_bytes(card_gb), sizes, RequestSize(), memory=memory)
+    plan = plan_enhancer(placement, sizes, enhancer)
+    assert plan.run == expected, plan.describe()
+    # never at the 13B model's expense: resident only beside the model's whole planned peak; visiting only beside
+    # what is resident when it runs
+    if plan.run == "gpu":
+        assert placement.peak_bytes + plan.weight_bytes <= placement.free_bytes
+    resident = sum(weight_bytes(sizes, placement.dtype).of(c) for c in placement.resident)
+    if plan.run == "visit":
+        assert resident + plan.need_bytes <= placement.free_bytes
+
+
+def test_enhancer_runs_on_the_cpu_when_nothing_is_left_over():
+    from ltxserve.engine.memory_plan import GiB
+    from ltxserve.engine.placement import Placement, count_model_sizes
+    from ltxserve.engine.prompt_enhancer_plan import count_enhancer_sizes, plan_enhancer
+
+    # every component resident (36 GiB in bf16) on a card with 44 GiB free: 8 GiB left, the enhancer needs ~9.4
+    placement = Placement("gpu", "bf16", "full", peak_bytes=43 * GiB, free_bytes=44 * GiB)
+    plan = plan_enhancer(placement, count_model_sizes(), count_enhancer_sizes())
+    assert plan.run == "cpu" and "do not fit" in plan.describe()
+
+
+def test_enhancer_sizes_are_the_real_models():
+    from ltxserve.engine.prompt_enhancer_plan import count_enhancer_sizes
+
+    sizes = count_enhancer_sizes()
+    assert 3.20e9 < sizes.llm_params < 3.22e9  # Llama 3.2 3B: 3.21B parameters, tied embeddings
+    assert 0.76e9 < sizes.captioner_params < 0.78e9  # Florence-2-large: 0.77B
+
+
+def test_a_resident_enhancer_is_taken_off_what_requests_are_planned_with():
+    from ltxserve.engine.placement import RequestSize, card_free_bytes, count_model_sizes, plan_placement
+    from ltxserve.engine.prompt_enhancer_plan import count_enhancer_sizes, plan_enhancer
+    from ltxserve.engine.prompt_expansion import PromptExpander
+
+    sizes = count_model_sizes()
+    for gb in (80, 48):
+        placement = plan_placement(card_free_bytes(gb), sizes, RequestSize())
+        plan = plan_enhancer(placement, sizes, count_enhancer_sizes())
+        reserved = PromptExpander.reserve(placement, plan)
+        taken = placement.free_bytes - reserved.free_bytes
+        assert taken == (plan.weight_bytes if plan.run == "gpu" else 0)
