@@ -216,3 +216,19 @@ def test_a_resident_enhancer_is_taken_off_what_requests_are_planned_with():
         reserved = PromptExpander.reserve(placement, plan)
         taken = placement.free_bytes - reserved.free_bytes
         assert taken == (plan.weight_bytes if plan.run == "gpu" else 0)
+
+
+def test_the_lock_puts_the_enhancer_files_where_the_loader_reads_them(tmp_path):
+    from ltxserve.engine.prompt_expansion import PROMPT_ENHANCER_DIR
+    from ltxserve.weights.lock import default_lock_path, load_lock
+
+    lock = load_lock(default_lock_path())
+    components = [lock.component("prompt_captioner"), lock.component("prompt_llm")]
+    assert all(c.optional for c in components)  # ~8 GB, only for expand_prompt: never blocks serving
+    with pytest.raises(EnhancerUnavailable):
+        check_enhancer_folder(tmp_path / PROMPT_ENHANCER_DIR)
+    for comp in components:
+        for f in comp.files:
+            (tmp_path / f.dest).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / f.dest).write_bytes(b"")
+    check_enhancer_folder(tmp_path / PROMPT_ENHANCER_DIR)  # every file the loader needs is pinned

@@ -278,11 +278,11 @@ def test_errors_are_shown_next_to_their_fields(tiny_server, open_tab, shoot):
 
     # an input refused while running (the job completes with a validation error) comes back to its field too
     page.fill("[name=first_pass_skip_final_steps]", "1")
-    page.check("[name=expand_prompt]")
+    page.fill("[name=image_url]", "data:image/png;base64,bm90IGFuIGltYWdl")  # passes the schema, not an image
     page.click("button[type=submit]")
-    expand_error = page.locator("#e-expand_prompt")
-    expand_error.wait_for(timeout=GENERATION_TIMEOUT_MS)
-    assert "not supported" in expand_error.inner_text()
+    image_error = page.locator("#e-image_url")
+    image_error.wait_for(timeout=GENERATION_TIMEOUT_MS)
+    assert "image" in image_error.inner_text().lower()
     assert page.locator(".state[data-state=ERROR]").is_visible()
     assert skip_error.is_hidden()
     shoot(page, "field-errors")

