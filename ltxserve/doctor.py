@@ -243,6 +243,37 @@ def doctor_main(args: argparse.Namespace, settings: Settings | None = None, out:
     out("\nHost memory")
     host_ok = _host_section(host, sizes, settings.dtype, chosen, out)
 
+    out("\nPrompt enhancer (expand_prompt; optional)")
+    _prompt_enhancer_section(settings, sizes, chosen, out)
+
     ready = bool(gpus) and weights_ok and fits and host_ok
     out("\n" + ("ready to serve the 13B model" if ready else "not ready to serve the 13B model (see above)"))
     return 0 if ready else 1
+
+
+def _prompt_enhancer_section(settings: Settings, sizes, chosen: Placement | None, out: Callable[[str], None]) -> None:
+    """Whether expand_prompt can run (its optional weights), and where the enhancer would compute."""
+    from ltxserve.engine.prompt_enhancer import EnhancerUnavailable, check_enhancer_folder
+    from ltxserve.engine.prompt_enhancer_plan import count_enhancer_sizes, plan_enhancer
+    from ltxserve.engine.prompt_expansion import enhancer_folder
+
+    folder = enhancer_folder(settings, tiny=False)
+    try:
+        check_enhancer_folder(folder)
+        out(f"  weights present in {folder}")
+    except EnhancerUnavailable as exc:
+        out(f"  not available: {exc}; requests with expand_prompt: true are refused (422), all others are served")
+    enhancer = count_enhancer_sizes()
+    out(f"  loaded on the first expand_prompt request: {enhancer.weight_bytes() / GiB:.1f} GiB of bf16 weights in host "
+        "memory (resident on the GPU only where the plan leaves room for them)")
+    if chosen is not None:
+        out("  " + plan_enhancer(chosen, sizes, enhancer).describe())
+    else:
+        for gb in REFERENCE_CARDS_GB:
+            try:
+                plan = plan_enhancer(plan_placement(card_free_bytes(gb), sizes, RequestSize(), memory=settings.memory,
+                                                    dtype=settings.dtype), sizes, enhancer)
+                out(f"  {gb:>3} GB card: {plan.run} ({plan.reason})")
+            except (PlacementError, ValueError):
+                pass
+

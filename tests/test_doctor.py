@@ -134,3 +134,16 @@ def test_too_little_host_memory_for_any_placement_is_not_ready(monkeypatch, sett
     code, out = _run([], settings)
     assert code == 1
     assert "more weights in host memory than this machine's 8 GiB of RAM" in out
+
+
+def test_prompt_enhancer_section_says_whether_expand_prompt_can_run(monkeypatch, settings):
+    monkeypatch.setattr(doctor, "probe_gpus", lambda: [])
+    _, out = _run([], settings)
+    section = out.split("Prompt enhancer (expand_prompt; optional)")[1]
+    assert "not available" in section and "weights pull --component prompt_captioner --component prompt_llm" in section
+    assert "80 GB card: gpu" in section and "48 GB card: visit" in section
+    fake = doctor.GpuInfo(0, "NVIDIA Test 48GB", 48 * GiB, int(47.5 * GiB), (8, 9))
+    monkeypatch.setattr(doctor, "probe_gpus", lambda: [fake])
+    monkeypatch.setattr(doctor, "driver_version", lambda: "999.1")
+    _, out = _run([], settings)
+    assert "moved onto the GPU only while it runs" in out.split("Prompt enhancer")[1]
