@@ -51,3 +51,16 @@ def test_invalid_request_is_refused_before_loading(tmp_path):
     r = _run("--image", str(IMAGE), "--prompt", "x", "--first-pass-steps", "3", "--first-pass-skip-final-steps",
              "3", "-o", str(tmp_path / "x.mp4"))
     assert r.returncode == 2 and "first_pass_skip_final_steps" in r.stderr
+
+
+def test_expand_prompt_is_honoured_offline(tmp_path):
+    common = ["--image", str(IMAGE), "--prompt", "a dog", "--seed", "3", "--width", "64", "--height", "64",
+              "--num-frames", "9", *FAST, "--data-dir", str(tmp_path / "data"), "--prompt-enhancer-caption-tokens", "8",
+              "--prompt-enhancer-max-tokens", "12"]
+    expanded = _run(*common, "--expand-prompt", "-o", str(tmp_path / "e.mp4"), "--frames-out", str(tmp_path / "e.npy"))
+    assert expanded.returncode == 0, expanded.stderr
+    line = next(x for x in expanded.stdout.splitlines() if x.startswith("  prompt: "))
+    assert line != "  prompt: a dog"
+    plain = _run(*common, "-o", str(tmp_path / "p.mp4"), "--frames-out", str(tmp_path / "p.npy"))
+    assert plain.returncode == 0 and "prompt:" not in plain.stdout
+    assert not np.array_equal(np.load(tmp_path / "e.npy"), np.load(tmp_path / "p.npy"))  # generated from the expansion
