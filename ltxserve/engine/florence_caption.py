@@ -186,6 +186,18 @@ def native_state_dict(published: dict[str, torch.Tensor], vocab: int) -> dict[st
     return state
 
 
+_TEMPORAL_TABLE = "model.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed"
+
+
+def _cosine_table(positions: int, dim: int) -> torch.Tensor:
+    from transformers.models.florence2.modeling_florence2 import Florence2VisionPositionalEmbeddingCosine1D
+
+    sine, cosine = Florence2VisionPositionalEmbeddingCosine1D.get_sinusoid_embeddings(positions, dim)
+    table = torch.empty(positions, dim)
+    table[:, 0::2], table[:, 1::2] = sine, cosine
+    return table
+
+
 # --- loading -----------------------------------------------------------------------------------------------------
 
 
@@ -262,6 +274,9 @@ def load_captioner(folder: Path | str, dtype: torch.dtype = torch.float32) -> Ca
     state = native_state_dict(_read_published_weights(folder), vocab)
     with torch.device("meta"):
         model = Florence2ForConditionalGeneration(config)
+    if _TEMPORAL_TABLE not in state:  # a fixed cosine table: made here when a file does not hold it
+        state[_TEMPORAL_TABLE] = _cosine_table(config.vision_config.max_temporal_embeddings,
+                                               config.vision_config.embed_dim[-1])
     buffers = {n for n, _ in model.named_buffers()}
     expected = set(model.state_dict()) - {"lm_head.weight", *_EMBEDDINGS[1:3]}
     missing = sorted(expected - set(state) - buffers)
@@ -272,7 +287,7 @@ def load_captioner(folder: Path | str, dtype: torch.dtype = torch.float32) -> Ca
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_meta:  # a buffer the file did not hold (the cosine table): the constructor's value, made again
+        if t.is_meta:
             raise CaptionerError(f"{folder}: {name} was not loaded")
     model.to(dtype).eval().requires_grad_(False)
     return Captioner(model=model, processor=processor, generation=generation_defaults(published))

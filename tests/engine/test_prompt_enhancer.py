@@ -232,3 +232,69 @@ def test_the_lock_puts_the_enhancer_files_where_the_loader_reads_them(tmp_path):
             (tmp_path / f.dest).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / f.dest).write_bytes(b"")
     check_enhancer_folder(tmp_path / PROMPT_ENHANCER_DIR)  # every file the loader needs is pinned
+
+
+# The published config.json's shape (remote-code Florence-2-large, as transformers 4.x wrote it: generic generation
+# and label keys inside text_config), written down here from the published layout; the values are Florence-2-large's.
+PUBLISHED_LARGE_CONFIG = {
+    "architectures": ["Florence2ForConditionalGeneration"], "model_type": "florence2", "projection_dim": 1024,
+    "vocab_size": 51289, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "ignore_index": -100,
+    "torch_dtype": "float16", "transformers_version": "4.41.0.dev0", "is_encoder_decoder": True,
+    "text_config": {
+        "model_type": "florence2_language", "vocab_size": 51289, "activation_dropout": 0.1,
+        "activation_function": "gelu", "add_bias_logits": False, "add_final_layer_norm": False,
+        "attention_dropout": 0.1, "bos_token_id": 0, "classif_activation": "tanh", "classifier_dropout": 0.0,
+        "d_model": 1024, "decoder_attention_heads": 16, "decoder_ffn_dim": 4096, "decoder_layerdrop": 0.0,
+        "decoder_layers": 12, "decoder_start_token_id": 2, "dropout": 0.1, "early_stopping": True,
+        "encoder_attention_heads": 16, "encoder_ffn_dim": 4096, "encoder_layerdrop": 0.0, "encoder_layers": 12,
+        "eos_token_id": 2, "forced_eos_token_id": 2, "forced_bos_token_id": 0, "gradient_checkpointing": False,
+        "init_std": 0.02, "is_encoder_decoder": True, "id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"},
+        "label2id": {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2}, "max_position_embeddings": 1024,
+        "no_repeat_ngram_size": 3, "normalize_before": False, "num_hidden_layers": 12, "pad_token_id": 1,
+        "scale_embedding": False, "num_beams": 3},
+    "vision_config": {
+        "model_type": "davit", "drop_path_rate": 0.1, "patch_size": [7, 3, 3, 3], "patch_stride": [4, 2, 2, 2],
+        "patch_padding": [3, 1, 1, 1], "patch_prenorm": [False, True, True, True], "enable_checkpoint": False,
+        "dim_embed": [256, 512, 1024, 2048], "num_heads": [8, 16, 32, 64], "num_groups": [8, 16, 32, 64],
+        "depths": [1, 1, 9, 1], "window_size": 12, "projection_dim": 1024,
+        "visual_temporal_embedding": {"type": "COSINE", "max_temporal_embeddings": 100},
+        "image_pos_embed": {"type": "learned_abs_2d", "max_pos_embeddings": 50},
+        "image_feature_source": ["spatial_avg_pool", "temporal_avg_pool"]},
+}
+
+
+def test_the_published_large_config_translates_to_the_native_model():
+    from transformers import Florence2ForConditionalGeneration
+
+    from ltxserve.engine.florence_caption import generation_defaults, native_config
+
+    config = native_config(PUBLISHED_LARGE_CONFIG, 51290, 51289)
+    with torch.device("meta"):
+        model = Florence2ForConditionalGeneration(config)
+    assert 0.76e9 < sum(p.numel() for p in model.parameters()) < 0.78e9
+    assert config.vision_config.embed_dim == [256, 512, 1024, 2048] and config.text_config.d_model == 1024
+    assert config.image_token_id == 51289 and config.text_config.vocab_size == 51290
+    # the remote-code model captioned with its text config's generation settings: carried over
+    assert generation_defaults(PUBLISHED_LARGE_CONFIG) == {"no_repeat_ngram_size": 3, "early_stopping": True,
+                                                           "forced_bos_token_id": 0, "forced_eos_token_id": 2,
+                                                           "decoder_start_token_id": 2}
+    # every native weight has a published name and back
+    for name in model.state_dict():
+        if name not in ("model.language_model.encoder.embed_tokens.weight",
+                        "model.language_model.decoder.embed_tokens.weight",
+                        "model.multi_modal_projector.image_projection.weight"):
+            assert native_key(published_key(name)) == name, name
+
+
+def test_a_file_without_the_cosine_table_loads_the_same(tiny_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_folder / CAPTIONER_DIR, tmp_path / "c")
+    state = load_file(tmp_path / "c" / "model.safetensors")
+    del state["visual_temporal_embed.pos_idx_to_embed"]
+    save_file(state, tmp_path / "c" / "model.safetensors")
+    a, b = load_captioner(tiny_folder / CAPTIONER_DIR), load_captioner(tmp_path / "c")
+    table = "model.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed"
+    assert torch.equal(a.model.state_dict()[table], b.model.state_dict()[table])
