@@ -212,7 +212,7 @@ class Captioner:
         return self.model.config.image_token_id
 
     @torch.inference_mode()
-    def caption(self, image, max_new_tokens: int, device: torch.device | None = None) -> str:
+    def caption(self, image, max_new_tokens: int, device: torch.device | None = None, stopping=None) -> str:
         """Florence-2's detailed caption of a PIL image: beam search, no sampling (deterministic)."""
         device = device or next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
@@ -220,7 +220,8 @@ class Captioner:
         generated = self.model.generate(
             input_ids=inputs["input_ids"].to(device), pixel_values=inputs["pixel_values"].to(device, dtype),
             attention_mask=inputs["attention_mask"].to(device), max_new_tokens=max_new_tokens, do_sample=False,
-            num_beams=CAPTION_BEAMS, suppress_tokens=[self.image_token_id], **self.generation)
+            num_beams=CAPTION_BEAMS, suppress_tokens=[self.image_token_id], stopping_criteria=stopping,
+            **self.generation)
         return self.processor.tokenizer.decode(generated[0], skip_special_tokens=True).strip()
 
 

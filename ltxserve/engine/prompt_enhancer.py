@@ -55,6 +55,19 @@ def decode_new_tokens(tokenizer, generated: torch.Tensor, prompt_length: int) ->
     return tokenizer.decode(generated[0, prompt_length:], skip_special_tokens=True).strip()
 
 
+def _stopping(should_stop):
+    """A generation stopping criterion from a callback (None: none)."""
+    if should_stop is None:
+        return None
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
+
+
 @dataclass
 class Expansion:
     prompt: str  # what the video is generated from
@@ -122,12 +135,13 @@ class PromptEnhancer:
             self.eos_token_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None})
             self.captioner, self.llm, self.tokenizer = captioner, llm.eval().requires_grad_(False), tokenizer
 
-    def caption(self, image, device: torch.device) -> str:
+    def caption(self, image, device: torch.device, should_stop=None) -> str:
         self.load()
-        return self.captioner.caption(image, self.caption_tokens, device)  # type: ignore[union-attr]
+        return self.captioner.caption(image, self.caption_tokens, device,  # type: ignore[union-attr]
+                                      stopping=_stopping(should_stop))
 
     @torch.inference_mode()
-    def rewrite(self, prompt: str, caption: str, device: torch.device) -> str:
+    def rewrite(self, prompt: str, caption: str, device: torch.device, should_stop=None) -> str:
         self.load()
         inputs = self.tokenizer.apply_chat_template(chat_messages(prompt, caption), add_generation_prompt=True,
                                                     return_dict=True, return_tensors="pt")
@@ -135,13 +149,13 @@ class PromptEnhancer:
         generated = self.llm.generate(  # type: ignore[union-attr]
             input_ids=input_ids, attention_mask=inputs["attention_mask"].to(device), max_new_tokens=self.max_tokens,
             do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=self.eos_token_ids,
-            pad_token_id=self.tokenizer.pad_token_id or self.eos_token_ids[0])
+            pad_token_id=self.tokenizer.pad_token_id or self.eos_token_ids[0], stopping_criteria=_stopping(should_stop))
         return decode_new_tokens(self.tokenizer, generated, input_ids.shape[1])
 
-    def expand(self, prompt: str, image, device: torch.device | str = "cpu") -> Expansion:
+    def expand(self, prompt: str, image, device: torch.device | str = "cpu", should_stop=None) -> Expansion:
         """Caption `image` (a PIL image: the first frame) and rewrite `prompt` with it. An empty answer keeps the
-        user's prompt."""
+        user's prompt. `should_stop` (e.g. a job's cancel flag) is checked after every generated token."""
         device = torch.device(device)
-        caption = self.caption(image, device)
-        rewritten = self.rewrite(prompt, caption, device)
+        caption = self.caption(image, device, should_stop)
+        rewritten = self.rewrite(prompt, caption, device, should_stop)
         return Expansion(prompt=rewritten or prompt, caption=caption, rewritten=rewritten)

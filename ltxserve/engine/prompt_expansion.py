@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ltxserve.config import Settings
-from ltxserve.engine.contract import InputError, JobContext
+from ltxserve.engine.contract import InputError, JobCancelled, JobContext
 from ltxserve.engine.placement import Placement
 from ltxserve.engine.prompt_enhancer import EnhancerUnavailable, PromptEnhancer, check_enhancer_folder
 from ltxserve.engine.prompt_enhancer_plan import EnhancerPlan, EnhancerRun
@@ -110,13 +110,15 @@ class PromptExpander:
             for copies in self._copies or ():
                 copies.to_device()
         try:
-            result = enhancer.expand(prompt, image, device)
+            result = enhancer.expand(prompt, image, device, should_stop=ctx.cancelled)
         finally:
             if self.run_on == "visit":
                 for copies in self._copies or ():
                     copies.to_host()  # frees the enhancer's device memory before the text encoder and denoising
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+        if ctx.cancelled():
+            raise JobCancelled()
         ctx.log(f"prompt enhancer: image caption: {result.caption}")
         if result.rewritten:
             ctx.log(f"prompt enhancer: expanded prompt: {result.prompt}")

@@ -298,3 +298,67 @@ def test_a_file_without_the_cosine_table_loads_the_same(tiny_folder, tmp_path):
     a, b = load_captioner(tiny_folder / CAPTIONER_DIR), load_captioner(tmp_path / "c")
     table = "model.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed"
     assert torch.equal(a.model.state_dict()[table], b.model.state_dict()[table])
+
+
+# --- the endpoint's side: every placement's code on the CPU standing in for the GPU -----------------------------
+
+
+class _Ctx:
+    request_id = "t"
+
+    def __init__(self, cancel_after: int | None = None):
+        self.logs: list[str] = []
+        self.calls = 0
+        self.cancel_after = cancel_after
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.logs.append(message)
+
+    def progress(self, step: int, total: int, stage: str) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        self.calls += 1
+        return self.cancel_after is not None and self.calls > self.cancel_after
+
+
+class _Offloader:
+    released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def _expander(tmp_path, run: str):
+    from ltxserve.config import Settings
+    from ltxserve.engine.prompt_enhancer_plan import EnhancerPlan
+    from ltxserve.engine.prompt_expansion import PromptExpander
+
+    settings = Settings(data_dir=tmp_path, prompt_enhancer_caption_tokens=6, prompt_enhancer_max_tokens=8)
+    plan = EnhancerPlan(run, 1, 1, "stated")  # type: ignore[arg-type]
+    return PromptExpander(settings, tiny=True, device=torch.device("cpu"), dtype=torch.float32, plan=plan)
+
+
+def test_every_enhancer_placement_gives_the_same_expansion(tmp_path):
+    results = {}
+    for run in ("gpu", "visit", "cpu"):
+        expander, ctx, offloader = _expander(tmp_path, run), _Ctx(), _Offloader()
+        results[run] = expander.expand("a red ball rolls", IMAGE, ctx, offloader)
+        assert any(m.startswith("prompt enhancer: image caption: ") for m in ctx.logs)
+        assert f"prompt enhancer: expanded prompt: {results[run]}" in ctx.logs
+        # visiting: the previous visitor goes home first, and the enhancer's tensors are its host copies again after
+        assert offloader.released == (1 if run == "visit" else 0)
+        if run == "visit":
+            for copies in expander._copies:
+                assert all(t.data.data_ptr() == host.data_ptr() for t, host in copies.tensors)
+    assert results["gpu"] == results["visit"] == results["cpu"] != "a red ball rolls"
+
+
+def test_a_cancel_stops_the_expansion(tmp_path):
+    from ltxserve.engine.contract import JobCancelled
+
+    expander = _expander(tmp_path, "cpu")
+    ctx = _Ctx(cancel_after=2)
+    with pytest.raises(JobCancelled):
+        expander.expand("a red ball rolls", IMAGE, ctx)
+    assert ctx.calls < 8  # stopped within a few tokens, not after both generations ran to their limits
