@@ -3,14 +3,12 @@
 1. Tiny (--model tiny): one generation through ImageToVideoEndpoint.generate with expand_prompt, timing the
    enhancer (caption + rewrite, at the settings' token limits: random weights rarely stop early, so this is the
    worst case) and every transformer call (one per denoising step) with forward hooks. Prints the ratio.
-2. Full-size shapes on this CPU, random weights, bf16: Llama 3.2 3B's configuration with fewer layers (1 and 3: its
-   28 layers do not fit beside the other jobs of a shared machine); prefill of a ~450-token conversation and greedy
-   decoding of --llm-tokens tokens against 1 token (best of --repeats), per layer count; the time is linear in the layer count (a + b * layers:
-   embedding and the 128k-vocabulary head + the layers), so it is extrapolated to 28 layers and to 256 new tokens
-   per token. And Florence-2-large's full shape (0.77B): one 768x768 caption with 3 beams for --caption-tokens tokens,
+2. Full-size shapes on this CPU, random weights, bf16: Llama 3.2 3B from its parts (its 28 layers, 6.4 GB, do not
+   fit beside the other jobs of a shared machine): one decoder layer at full size on 1 token and on a 450-token
+   prefill, and the 128k-vocabulary head, medians of many runs, scaled to 28 layers and 256 new tokens. And Florence-2-large's full shape (0.77B): one 768x768 caption with 3 beams for --caption-tokens tokens,
    extrapolated per token. These are CPU figures: they say how slow the CPU fallback is, not GPU times.
 
-    python benchmarks/prompt_enhancer.py [--skip-full] [--llm-tokens 16] [--caption-tokens 16] [--threads 2]
+    python benchmarks/prompt_enhancer.py [--skip-full] [--caption-tokens 16] [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -91,35 +89,54 @@ def _per_token(generate, new_tokens: int, repeats: int) -> tuple[float, float]:
     return one, (many - one) / (new_tokens - 1)
 
 
-def _llm(layers_list: list[int], new_tokens: int, repeats: int) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _median(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
 
-    cfg = _config("prompt_llm")
-    prompt = torch.randint(0, cfg["vocab_size"], (1, 450))
-    rows = []
-    for layers in layers_list:
-        torch.manual_seed(0)
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            model = LlamaForCausalLM(LlamaConfig(**{**cfg, "num_hidden_layers": layers})).eval()
-        finally:
-            torch.set_default_dtype(torch.float32)
 
-        def generate(n: int) -> None:
-            with torch.inference_mode():
-                model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, pad_token_id=0)
+def _llm(repeats: int) -> None:
+    """Llama 3.2 3B's cost from its parts, at full size: one decoder layer (of 28) on 1 token (a decoding step: the
+    layer's weights dominate; attention over a 1.5k-token cache adds ~1%) and on 450 tokens (the prefill), and the
+    128k-vocabulary head on one token; medians of many runs, so that a shared machine's noise averages out."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-        prefill, per_token = _per_token(generate, new_tokens, repeats)
-        rows.append((layers, prefill, per_token))
-        print(f"  Llama-3.2-3B shape, {layers} layer(s), bf16 CPU: prefill of 450 tokens {prefill:.2f} s, "
-              f"{per_token * 1e3:.0f} ms per new token (best of {repeats})")
-        del model
-    (l1, p1, t1), (l2, p2, t2) = rows[0], rows[-1]
-    bp, bt = (p2 - p1) / (l2 - l1), (t2 - t1) / (l2 - l1)
-    full_p, full_t = p1 + bp * (28 - l1), t1 + bt * (28 - l1)
-    print(f"  extrapolated to 28 layers (linear in layers): prefill {full_p:.1f} s, {full_t:.2f} s per token, "
-          f"{full_p + 255 * full_t:.0f} s for 256 new tokens")
+    config = LlamaConfig(**_config("prompt_llm"))
+    config._attn_implementation = "sdpa"  # as from_pretrained sets it
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        layer = LlamaDecoderLayer(config, 0).eval()
+        head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        rope = LlamaRotaryEmbedding(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+    def layer_time(tokens: int, n: int) -> float:
+        hidden = torch.randn(1, tokens, config.hidden_size, dtype=torch.bfloat16)
+        positions = torch.arange(tokens)[None]
+        cos_sin = rope(hidden, positions)
+        with torch.inference_mode():
+            layer(hidden, position_ids=positions, position_embeddings=cos_sin)  # warm-up
+            return _median(lambda: layer(hidden, position_ids=positions, position_embeddings=cos_sin), n)
+
+    with torch.inference_mode():
+        last = torch.randn(1, 1, config.hidden_size, dtype=torch.bfloat16)
+        head(last)
+        head_time = _median(lambda: head(last), repeats * 10)
+    decode_layer = layer_time(1, repeats * 10)
+    prefill_layer = layer_time(450, repeats)
+    layers = config.num_hidden_layers
+    per_token = layers * decode_layer + head_time
+    prefill = layers * prefill_layer + head_time
+    print(f"  Llama-3.2-3B, bf16 CPU, from its parts (medians): one layer {decode_layer * 1e3:.1f} ms per decoded "
+          f"token, {prefill_layer * 1e3:.0f} ms for a 450-token prefill; head {head_time * 1e3:.1f} ms per token")
+    print(f"  so, {layers} layers: prefill {prefill:.1f} s, {per_token:.2f} s per token, "
+          f"{prefill + 255 * per_token:.0f} s for 256 new tokens")
 
 
 def _captioner(caption_tokens: int, repeats: int) -> None:
@@ -151,16 +168,17 @@ def _captioner(caption_tokens: int, repeats: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-full", action="store_true")
-    ap.add_argument("--llm-tokens", type=int, default=16)
+    ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--caption-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    _tiny(args.threads)
+    if not args.skip_tiny:
+        _tiny(args.threads)
     if not args.skip_full:
         print(f"full-size shapes, random weights, this CPU ({args.threads} threads):")
-        _llm([1, 3], args.llm_tokens, args.repeats)
+        _llm(args.repeats)
         _captioner(args.caption_tokens, args.repeats)
 
 
