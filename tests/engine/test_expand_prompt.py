@@ -31,6 +31,7 @@ def _run(server, body: dict) -> tuple[dict, list[str]]:
         return c.get(sub["response_url"]).json(), [line["message"] for line in done["logs"]]
 
 
+@pytest.mark.slow  # three tiny generations (~20 s on a loaded 2-core machine)
 def test_expanded_prompt_is_used_returned_logged_and_deterministic(server):
     body = {**TARGET_INPUT, "expand_prompt": True}
     first, logs = _run(server, body)
