@@ -38,6 +38,11 @@ Keep the user's intent, write literally and concretely, in the present tense, wi
 Answer with the paragraph alone."""
 
 
+# Llama 3.2's published chat template writes "Today Date: <today>" into the system turn unless given `date_string`:
+# a fixed date keeps the expansion the same from one day to the next (this is the template's own fallback date).
+CHAT_DATE = "26 Jul 2024"
+
+
 class EnhancerUnavailable(Exception):
     """The enhancer's weights are not there (or do not load); the message says how to get them."""
 
@@ -144,7 +149,7 @@ class PromptEnhancer:
     def rewrite(self, prompt: str, caption: str, device: torch.device, should_stop=None) -> str:
         self.load()
         inputs = self.tokenizer.apply_chat_template(chat_messages(prompt, caption), add_generation_prompt=True,
-                                                    return_dict=True, return_tensors="pt")
+                                                    return_dict=True, return_tensors="pt", date_string=CHAT_DATE)
         input_ids = inputs["input_ids"].to(device)
         generated = self.llm.generate(  # type: ignore[union-attr]
             input_ids=input_ids, attention_mask=inputs["attention_mask"].to(device), max_new_tokens=self.max_tokens,

@@ -362,3 +362,22 @@ def test_a_cancel_stops_the_expansion(tmp_path):
     with pytest.raises(JobCancelled):
         expander.expand("a red ball rolls", IMAGE, ctx)
     assert ctx.calls < 8  # stopped within a few tokens, not after both generations ran to their limits
+
+
+def test_the_chat_date_is_fixed_so_expansions_do_not_change_with_the_day(enhancer, monkeypatch):
+    from ltxserve.engine import prompt_enhancer
+
+    # a template that, like Llama 3.2's published one, writes today's date unless given date_string
+    template = ("{{ bos_token }}Today Date: {{ date_string if date_string is defined else strftime_now('%d %b %Y') }}"
+                "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    monkeypatch.setattr(enhancer.tokenizer, "chat_template", template)
+    seen = []
+    original = enhancer.llm.generate
+
+    def generate(*args, **kwargs):
+        seen.append(enhancer.tokenizer.decode(kwargs["input_ids"][0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(enhancer.llm, "generate", generate)
+    enhancer.rewrite("a dog", "a lawn", torch.device("cpu"))
+    assert f"Today Date: {prompt_enhancer.CHAT_DATE}" in seen[0]
