@@ -15,9 +15,13 @@ ENDPOINT = "fal-ai/ltx-video-13b-dev/image-to-video"
 def server(tmp_path_factory):
     from tests.fixtures_server import LTX_ENDPOINT_SPEC, LiveServer, free_port
 
+    from ltxserve.tls import init_tls
+
     root = tmp_path_factory.mktemp("expand")
+    init_tls(root / "tls")  # the official fal-client trusts the server through SSL_CERT_FILE
     s = LiveServer(data_dir=root / "data", port=free_port(), endpoints=[LTX_ENDPOINT_SPEC], extra_args=["--model", "tiny"],
-                   env={"LTXSERVE_PROMPT_ENHANCER_CAPTION_TOKENS": "8", "LTXSERVE_PROMPT_ENHANCER_MAX_TOKENS": "16"})
+                   env={"LTXSERVE_PROMPT_ENHANCER_CAPTION_TOKENS": "8", "LTXSERVE_PROMPT_ENHANCER_MAX_TOKENS": "16"},
+                   tls_dir=root / "tls")
     s.start()
     yield s
     s.stop()
@@ -45,6 +49,16 @@ def test_expanded_prompt_is_used_returned_logged_and_deterministic(server):
         videos = [c.get(out["video"]["url"]).content for out in (first, second, plain)]
     assert videos[0] == videos[1]  # the same expansion, seed and image: the same video
     assert videos[0] != videos[2]  # generated from the expanded prompt, not the user's
+
+
+def test_the_official_fal_client_gets_the_expanded_prompt_and_its_logs(server):
+    from tests.clients.conftest_helpers import run_py
+
+    out = run_py("subscribe", server, ENDPOINT, {**TARGET_INPUT, "expand_prompt": True})
+    result = out["result"]
+    assert result["prompt"] and result["prompt"] != TARGET_INPUT["prompt"]
+    logs = [line["message"] for line in out["updates"][-1]["logs"]]
+    assert f"prompt enhancer: expanded prompt: {result['prompt']}" in logs
 
 
 def test_without_expand_prompt_the_prompt_is_returned_as_given(server):
