@@ -72,23 +72,6 @@ def _config(name: str) -> dict:
     return {k: v for k, v in json.loads((CONFIG_DIR / f"{name}.json").read_text()).items() if not k.startswith("_")}
 
 
-def _best(fn, repeats: int) -> float:
-    """The fastest of `repeats` timings: on a shared machine the least disturbed run is the closest to the truth."""
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - begin)
-    return min(times)
-
-
-def _per_token(generate, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """(time of a 1-token generation = prefill, time per further token) from N-token and 1-token generations."""
-    one = _best(lambda: generate(1), repeats)
-    many = _best(lambda: generate(new_tokens), repeats)
-    return one, (many - one) / (new_tokens - 1)
-
-
 def _median(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -96,6 +79,14 @@ def _median(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - begin)
     return statistics.median(times)
+
+
+def _per_token(generate, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """(time of a 1-token generation = prefill, time per further token) from N-token and 1-token generations,
+    medians of `repeats` each."""
+    one = _median(lambda: generate(1), repeats)
+    many = _median(lambda: generate(new_tokens), repeats)
+    return one, (many - one) / (new_tokens - 1)
 
 
 def _llm(repeats: int) -> None:
@@ -161,7 +152,7 @@ def _captioner(caption_tokens: int, repeats: int) -> None:
 
     first, per_token = _per_token(generate, caption_tokens, repeats)
     print(f"  Florence-2-large shape, bf16 CPU, 768x768, 3 beams: image + first token {first:.2f} s, "
-          f"{per_token * 1e3:.0f} ms per further caption token (best of {repeats}); a 100-token caption ~ "
+          f"{per_token * 1e3:.0f} ms per further caption token (medians of {repeats}); a 100-token caption ~ "
           f"{first + 99 * per_token:.0f} s, 1024 tokens (the limit) ~ {first + 1023 * per_token:.0f} s")
 
 
