@@ -5,7 +5,8 @@
    worst case) and every transformer call (one per denoising step) with forward hooks. Prints the ratio.
 2. Full-size shapes on this CPU, random weights, bf16: Llama 3.2 3B from its parts (its 28 layers, 6.4 GB, do not
    fit beside the other jobs of a shared machine): one decoder layer at full size on 1 token and on a 450-token
-   prefill, and the 128k-vocabulary head, medians of many runs, scaled to 28 layers and 256 new tokens. And Florence-2-large's full shape (0.77B): one 768x768 caption with 3 beams for --caption-tokens tokens,
+   prefill, and the 128k-vocabulary head, medians of many runs, scaled to 28 layers and 256 new tokens. And
+   Florence-2-large's full shape (0.77B): one 768x768 caption with 3 beams for --caption-tokens tokens,
    extrapolated per token. These are CPU figures: they say how slow the CPU fallback is, not GPU times.
 
     python benchmarks/prompt_enhancer.py [--skip-full] [--caption-tokens 16] [--threads 2] [--repeats 3]

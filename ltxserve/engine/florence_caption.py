@@ -71,8 +71,8 @@ def native_config(published: dict, vocab_with_image_token: int, image_token_id: 
         max_position_embeddings=(vision.get("image_pos_embed") or {}).get("max_pos_embeddings", 50),
     )
     bart_keys = set(BartConfig().to_dict())
-    text_kwargs = {k: v for k, v in text.items() if k in bart_keys and k not in ("model_type", "architectures",
-                                                                                 "transformers_version", "_name_or_path")}
+    skipped = ("model_type", "architectures", "transformers_version", "_name_or_path")
+    text_kwargs = {k: v for k, v in text.items() if k in bart_keys and k not in skipped}
     text_kwargs["vocab_size"] = vocab_with_image_token
     text_config = BartConfig(**text_kwargs)
     return Florence2Config(vision_config=vision_config, text_config=text_config, image_token_id=image_token_id)

@@ -21,7 +21,7 @@ import torch
 CAPTIONER_DIR = "captioner"  # inside a prompt-enhancer folder: the Florence-2 files
 LLM_DIR = "llm"  # the Llama files
 TINY_IMAGE_SIZE = 32  # pixels a side; two DaViT stages (strides 4, 2) give 4x4 patches + 1 pooled token
-TINY_LAYOUT_VERSION = "1"  # bump when the tiny models change, so that cached folders are rebuilt
+TINY_LAYOUT_VERSION = "2"  # bump when the tiny models change, so that cached folders are rebuilt
 
 _CORPUS = [
     "A woman walks along a beach at sunset while waves roll onto the sand.",
@@ -40,7 +40,8 @@ LLAMA_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_
 LLAMA_CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{{- message['content'] | trim + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
@@ -91,10 +92,11 @@ def build_tiny_llm(folder: Path, seed: int = 0) -> None:
     ids = tokenizer.convert_tokens_to_ids
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 256},
-        bos_token_id=ids("<|begin_of_text|>"), eos_token_id=[ids("<|end_of_text|>"), ids("<|eom_id|>"), ids("<|eot_id|>")],
+        bos_token_id=ids("<|begin_of_text|>"),
+        eos_token_id=[ids("<|end_of_text|>"), ids("<|eom_id|>"), ids("<|eot_id|>")],
         pad_token_id=ids("<|finetune_right_pad_id|>"))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -19,7 +19,8 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("expand")
     init_tls(root / "tls")  # the official fal-client trusts the server through SSL_CERT_FILE
-    s = LiveServer(data_dir=root / "data", port=free_port(), endpoints=[LTX_ENDPOINT_SPEC], extra_args=["--model", "tiny"],
+    s = LiveServer(data_dir=root / "data", port=free_port(), endpoints=[LTX_ENDPOINT_SPEC],
+                   extra_args=["--model", "tiny"],
                    env={"LTXSERVE_PROMPT_ENHANCER_CAPTION_TOKENS": "8", "LTXSERVE_PROMPT_ENHANCER_MAX_TOKENS": "16"},
                    tls_dir=root / "tls")
     s.start()
