@@ -27,7 +27,8 @@ from ltxserve.engine.contract import EndpointError
 from ltxserve.engine.schema import ImageToVideoInput
 
 GENERATE_SETTINGS = ("model", "device", "dtype", "fp8_matmul", "memory", "use_triton_kernels", "attention_backend",
-                     "compile_blocks", "weights_dir", "log_level", "log_format")
+                     "compile_blocks", "weights_dir", "log_level", "log_format", "safety_checker",
+                     "safety_checker_threshold", "safety_checker_frames")
 log = logging.getLogger("ltxserve.generate")
 
 _FIELD_FLAGS = {  # schema field -> (flag, type)
@@ -47,6 +48,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     for field, (flag, kind) in _FIELD_FLAGS.items():
         p.add_argument(flag, dest=field, type=kind, help=ImageToVideoInput.model_fields[field].description)
     p.add_argument("--reverse-video", action="store_true", default=None)
+    p.add_argument("--no-safety-checker", dest="enable_safety_checker", action="store_false", default=None,
+                   help="enable_safety_checker: false (the input image and the output are not checked)")
     p.add_argument("--request", type=Path, help="a JSON request (flags override its fields)")
     p.add_argument("--batch", type=Path, help="a JSONL file: one request per line")
     p.add_argument("-o", "--output", type=Path, help="output mp4 (single request)")
@@ -83,6 +86,8 @@ def _requests(args: argparse.Namespace) -> list[tuple[dict[str, Any], Path]]:
         req["image_url"] = args.image
     if args.reverse_video:
         req["reverse_video"] = True
+    if args.enable_safety_checker is False:
+        req["enable_safety_checker"] = False
     return [(req, args.output or Path("output.mp4"))]
 
 

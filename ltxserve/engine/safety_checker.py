@@ -214,6 +214,16 @@ def fits_beside(placement: "Placement", need_bytes: int) -> bool:
     return bool(placement.free_bytes) and placement.free_bytes - placement.peak_bytes >= need_bytes
 
 
+def describe_placement(placement: "Placement | None", params: int, frames: int) -> str:
+    """doctor's line: the checker's size and where the server would put it beside this plan."""
+    need = gpu_bytes(params, frames)
+    head = f"safety checker ({REPO}, {params / 1e6:.1f}M parameters, ~{need / 1024**3:.2f} GiB on the GPU in bf16)"
+    if placement is None:
+        return f"{head}: on the GPU when the plan leaves that much free, else on the CPU"
+    where = "on the GPU beside the model" if fits_beside(placement, need) else "on the CPU (the plan leaves no room)"
+    return f"{head}: {where}"
+
+
 # --- what the endpoint calls ------------------------------------------------------------------------------------
 
 
