@@ -309,3 +309,26 @@ def test_a_request_that_passes_both_checks_completes(ltx_server):
         checks = [line["message"] for line in done["logs"] if line["message"].startswith("safety checker:")]
         assert len(checks) == 2 and all("passed" in m for m in checks), checks
         assert c.get(sub["response_url"]).json()["video"]["content_type"] == "video/mp4"
+
+
+def test_doctor_says_where_the_checker_would_run(monkeypatch, tmp_path):
+    import argparse
+
+    from ltxserve import doctor
+
+    monkeypatch.setattr(doctor, "read_meminfo", lambda: doctor.HostMemory(128 * GiB, 120 * GiB))
+    parser = argparse.ArgumentParser(prog="ltxserve")
+    doctor.add_doctor_arguments(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["doctor"])
+    outputs = {}
+    for name, gpus in (("gpu", [doctor.GpuInfo(0, "NVIDIA Test", 80 * GiB, int(79.5 * GiB), (9, 0))]), ("cpu", [])):
+        monkeypatch.setattr(doctor, "probe_gpus", lambda gpus=gpus: gpus)
+        monkeypatch.setattr(doctor, "driver_version", lambda: "1")
+        lines: list[str] = []
+        args.func(args, Settings(weights_dir=tmp_path / "w"), lines.append)
+        outputs[name] = [line for line in lines if "safety checker (Falconsai/nsfw_image_detection" in line]
+    # an 80 GB card keeps the 13B resident with room to spare (the tight case: test_the_checker_goes_to_the_gpu...)
+    [gpu] = outputs["gpu"]
+    assert "85.8M parameters" in gpu and gpu.endswith("on the GPU beside the model")
+    [cpu] = outputs["cpu"]
+    assert cpu.endswith("on the GPU when the plan leaves that much free, else on the CPU")
