@@ -332,3 +332,44 @@ def test_doctor_says_where_the_checker_would_run(monkeypatch, tmp_path):
     assert "85.8M parameters" in gpu and gpu.endswith("on the GPU beside the model")
     [cpu] = outputs["cpu"]
     assert cpu.endswith("on the GPU when the plan leaves that much free, else on the CPU")
+
+
+def test_a_served_model_without_its_checker_stops_at_start_and_off_says_so_per_request(tmp_path):
+    from ltxserve.engine.endpoint import ImageToVideoEndpoint
+    from ltxserve.engine.schema import ImageToVideoInput
+    from tests.fixtures_models import REFERENCE_CHECKPOINT
+
+    settings = Settings(model=str(REFERENCE_CHECKPOINT), device="cpu", dtype="fp32", weights_dir=tmp_path / "w",
+                        data_dir=tmp_path / "d")
+    with pytest.raises(SafetyCheckerMissing, match="ltxserve weights pull --component safety_checker"):
+        ImageToVideoEndpoint(settings)
+    endpoint = ImageToVideoEndpoint(settings.model_copy(update={"safety_checker": "off"}))
+
+    class Refused(Exception):
+        pass
+
+    class Ctx:
+        request_id = "r"
+
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, str]] = []
+
+        def log(self, message: str, level: str = "INFO") -> None:
+            self.lines.append((level, message))
+            if message.startswith(ENDPOINT_PLAN_LINE):
+                raise Refused  # stop once the checks are past: only the checker's lines matter here
+
+        def progress(self, *a) -> None:
+            pass
+
+        def cancelled(self) -> bool:
+            return False
+
+    ctx = Ctx()
+    with pytest.raises(Refused):
+        endpoint.generate(ImageToVideoInput(prompt="x", image_url=BRIGHT, **{k: v for k, v in REQUEST.items()
+                                                                            if k != "prompt"}), ctx)
+    assert ("WARN", "enable_safety_checker: this server runs no safety checker (--safety-checker off)") in ctx.lines
+
+
+ENDPOINT_PLAN_LINE = "96x64, 9 frames"
