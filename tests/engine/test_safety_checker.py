@@ -373,3 +373,28 @@ def test_a_served_model_without_its_checker_stops_at_start_and_off_says_so_per_r
 
 
 ENDPOINT_PLAN_LINE = "96x64, 9 frames"
+
+
+def test_weights_import_lays_the_checker_out_where_the_server_finds_it(checkers, tmp_path):
+    import argparse
+
+    from ltxserve.weights.cli import add_weights_arguments
+    from ltxserve.weights.lock import default_lock_path, load_lock
+
+    lock_path = tmp_path / "weights.lock"
+    lock_path.write_bytes(default_lock_path().read_bytes())  # a copy: import records the hashes it learns
+    snapshot = tmp_path / "snapshot"  # the repository's own layout, as `huggingface-cli download` leaves it
+    snapshot.mkdir()
+    for name in REQUIRED_FILES:
+        (snapshot / name).write_bytes((checkers["bright"] / name).read_bytes())
+    settings = Settings(weights_dir=tmp_path / "w", weights_lock=lock_path)
+    parser = argparse.ArgumentParser(prog="ltxserve")
+    add_weights_arguments(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["weights", "import", str(snapshot), "--component", "safety_checker"])
+    lines: list[str] = []
+    assert args.func(args, settings, lines.append) == 0, lines
+    recorded = load_lock(lock_path).component("safety_checker")
+    assert all(f.hash_known and not f.verified for f in recorded.files)  # trust on first use, not "verified"
+    found = resolve_folder(settings, str(tmp_path / "some-model"))
+    assert found == tmp_path / "w" / FOLDER_NAME
+    assert SafetyChecker.load(found).check_image(Image.new("RGB", (8, 8), (255,) * 3)).flagged
