@@ -35,7 +35,12 @@ from ltxserve.engine import flops as fl  # noqa: E402
 from ltxserve.engine.cpu_preview import tiny_cpu_size  # noqa: E402
 from ltxserve.engine.models import TINY_TRANSFORMER  # noqa: E402
 from ltxserve.engine.plan import LTXV_13B_097_DEV, plan_geometry  # noqa: E402
-from ltxserve.engine.safety_checker import CONFIG_PATH, SafetyChecker, _processor_class, tiny_safety_checker_folder  # noqa: E402
+from ltxserve.engine.safety_checker import (  # noqa: E402
+    CONFIG_PATH,
+    SafetyChecker,
+    _processor_class,
+    tiny_safety_checker_folder,
+)
 
 WIDTH, HEIGHT, FRAMES = 1280, 720, 121  # the hosted defaults
 PASS1_TOKENS = 16 * 15 * 26  # 832x480 latents x 16 latent frames
@@ -117,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     tiny_step = best_of(transformer_step(TINY_TRANSFORMER, PASS1_BATCH, lf * lh * lw, lf, lh, lw), args.repeats)
     tiny_full = best_of(transformer_step(TINY_TRANSFORMER, PASS1_BATCH, PASS1_TOKENS, 16, 15, 26), 1, warm_up=False)
     print("\ntiny (--model tiny)")
-    print(f"  checker, input + {args.frames} frames      {tiny_check * 1e3:9.1f} ms")
-    print(f"  one pass-1 step, CPU preview ({w}x{h}: {lf * lh * lw} tokens)  {tiny_step * 1e3:9.1f} ms")
-    print(f"  checker / that step                  {tiny_check / tiny_step:9.3f}")
-    print(f"  one pass-1 step at 1280x720 (6,240 tokens)  {tiny_full * 1e3:9.1f} ms")
-    print(f"  checker / that step                  {tiny_check / tiny_full:9.4f}")
+    print(f"  {f'checker, input + {args.frames} frames':<46}{tiny_check * 1e3:9.1f} ms")
+    print(f"  {f'one pass-1 step, CPU preview ({w}x{h}: {lf * lh * lw} tokens)':<46}{tiny_step * 1e3:9.1f} ms")
+    print(f"  {'checker / that step':<46}{tiny_check / tiny_step:9.3f}")
+    print(f"  {'one pass-1 step at 1280x720 (6,240 tokens)':<46}{tiny_full * 1e3:9.1f} ms")
+    print(f"  {'checker / that step':<46}{tiny_check / tiny_full:9.4f}")
 
     # 2. full size
     vit = full_size_checker(args.frames)
@@ -141,16 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     request_flops = fl.request_flops(fl.real_configs(), WIDTH, HEIGHT, FRAMES).total
     print(f"\nfull size (ViT-base/16 at 224 px, {sum(p.numel() for p in vit.model.parameters()) / 1e6:.1f}M "
           "parameters, random weights)")
-    print(f"  checker, input + {args.frames} frames      {full_check * 1e3:9.1f} ms  ({check_flops / 1e9:.0f} GFLOP; "
+    print(f"  {f'checker, input + {args.frames} frames':<46}{full_check * 1e3:9.1f} ms  "
+          f"({check_flops / 1e9:.0f} GFLOP; "
           f"of which resizing {images} 1280x720 images: {preprocess * 1e3:.1f} ms)")
-    print(f"  13B, 1 block at {n} tokens             {block_time * 1e3:9.1f} ms  ({block_flops / 1e12:.2f} TFLOP: "
+    print(f"  {f'13B, 1 block at {n} tokens':<46}{block_time * 1e3:9.1f} ms  ({block_flops / 1e12:.2f} TFLOP: "
           f"{rate / 1e9:.0f} GFLOP/s)")
-    print(f"  13B, one pass-1 step (estimated)     {step_time:9.1f} s   ({step_flops / 1e12:.0f} TFLOP at that rate)")
-    print(f"  checker / 13B pass-1 step, time      {full_check / step_time:9.5f}")
-    print(f"  checker / 13B pass-1 step, FLOPs     {check_flops / step_flops:9.5f}")
-    print(f"  checker / whole 13B request, FLOPs   {check_flops / request_flops:9.6f}  ({n1} + {n2} sample-forwards, "
+    print(f"  {'13B, one pass-1 step (estimated)':<46}{step_time:9.1f} s   "
+          f"({step_flops / 1e12:.0f} TFLOP at that rate)")
+    print(f"  {'checker / 13B pass-1 step, time':<46}{full_check / step_time:9.5f}")
+    print(f"  {'checker / 13B pass-1 step, FLOPs':<46}{check_flops / step_flops:9.5f}")
+    print(f"  {'checker / whole 13B request, FLOPs':<46}{check_flops / request_flops:9.6f}  "
+          f"({n1} + {n2} sample-forwards, "
           f"{request_flops / 1e15:.0f} PFLOP)")
-    print(f"  full-size checker / tiny CPU-preview step  {full_check / tiny_step:9.3f}")
+    print(f"  {'full-size checker / tiny CPU-preview step':<46}{full_check / tiny_step:9.3f}")
     return 0
 
 
