@@ -68,7 +68,8 @@ def main() -> int:
 
     data = Path(tempfile.mkdtemp(prefix="ltxserve-formats-"))
     endpoints = {name: ImageToVideoEndpoint(Settings(model=str(FIXTURES / "checkpoint"), device="cpu", dtype=dtype,
-                                                     fp8_matmul=matmul, data_dir=data))
+                                                     fp8_matmul=matmul, data_dir=data,
+                                                     safety_checker="tiny"))
                  for name, (dtype, matmul) in FORMATS.items()}
     rows = []
     header = (f"{'case':32} {'fp32/ref':>9} {'bf16/refbf16':>12} {'refbf16/ref':>11} {'bf16/fp32':>9} "

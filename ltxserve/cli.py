@@ -18,7 +18,7 @@ SERVE_SETTINGS = (
     "host", "port", "data_dir", "workers", "model", "device", "dtype", "fp8_matmul", "memory", "use_triton_kernels",
     "attention_backend", "compile_blocks", "api_keys", "tls_cert",
     "tls_key", "public_url", "allow_unauthenticated_public", "endpoints", "weights_dir", "worker_max_failed_starts",
-    "log_level", "log_format", "access_log",
+    "log_level", "log_format", "access_log", "safety_checker", "safety_checker_threshold", "safety_checker_frames",
 )
 
 

@@ -93,6 +93,15 @@ class Settings(BaseSettings):
                     "fp8 weights to bf16 per layer (any device).",
     )
     memory: Memory = Field(default="auto", description="Where the model's components live (placement).")
+    safety_checker: str = Field(
+        default="auto",
+        description="auto | tiny | off | PATH: the NSFW image classifier behind enable_safety_checker (on by "
+                    "default, as in fal's schema). auto: the tiny one for --model tiny, else MODEL/safety_checker, "
+                    "else WEIGHTS_DIR/safety_checker (`ltxserve weights pull`); off: nothing is checked.")
+    safety_checker_threshold: float = Field(default=0.5, ge=0.0, le=1.0,
+                                            description="Flag an image when its p(nsfw) is above this.")
+    safety_checker_frames: int = Field(default=8, ge=1, le=257,
+                                       description="Output frames checked, sampled uniformly (one batch).")
 
     # --- weights (weights.lock, `ltxserve weights`) ------------------------------------------------------------
     weights_dir: Path = Field(default=Path("./weights"), description="Folder holding the pinned 13B weights.")

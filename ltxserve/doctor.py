@@ -213,6 +213,8 @@ def doctor_main(args: argparse.Namespace, settings: Settings | None = None, out:
 
     out(f"\nMemory placement for a {request.width}x{request.height}, {request.num_frames}-frame request "
         f"(--memory {settings.memory}, --dtype {settings.dtype})")
+    from ltxserve.engine.safety_checker import describe_placement as describe_safety_checker  # torch: only here
+
     sizes = count_model_sizes()
     host = read_meminfo()
     host_total = host.total_bytes if host else None
@@ -224,6 +226,7 @@ def doctor_main(args: argparse.Namespace, settings: Settings | None = None, out:
             plan = plan_placement(gpu.free_bytes, sizes, request, memory=settings.memory, dtype=settings.dtype,
                                   host_bytes=host_total)
             out("  " + plan.describe().replace("\n", "\n  "))
+            out("  " + describe_safety_checker(plan, sizes.safety_checker_params, settings.safety_checker_frames))
             fits, chosen = True, plan
         except (PlacementError, ValueError) as exc:
             out(f"  {exc}")
@@ -239,6 +242,7 @@ def doctor_main(args: argparse.Namespace, settings: Settings | None = None, out:
                     f"~{host_need_bytes(plan.memory, plan.dtype, tuple(plan.resident), sizes) / GiB:.0f} GiB host RAM")
             except (PlacementError, ValueError) as exc:
                 out(f"  {gb:>3} GB card: {exc}")
+        out("  " + describe_safety_checker(None, sizes.safety_checker_params, settings.safety_checker_frames))
 
     out("\nHost memory")
     host_ok = _host_section(host, sizes, settings.dtype, chosen, out)

@@ -135,5 +135,23 @@ class InputError(EndpointError):
         return {"detail": [model_error(self.loc, self.message, self.type, self.ctx)]}
 
 
+class ContentPolicyViolation(InputError):
+    """The safety checker flagged the input image or the output: 422 `content_policy_violation`, not retryable,
+    with the flagged `input` (when it was the client's) and the `categories`, as fal answers."""
+
+    def __init__(self, message: str, *, loc: tuple[str | int, ...] = ("body",), input: Any = None,
+                 categories: tuple[str, ...] = ("nsfw",)):
+        super().__init__(message, loc=loc, type="content_policy_violation")
+        self.input = input
+        self.categories = list(categories)
+
+    def body(self) -> dict[str, Any]:
+        item = model_error(self.loc, self.message, self.type)
+        if self.input is not None:
+            item["input"] = self.input
+        item["categories"] = self.categories
+        return {"detail": [item]}
+
+
 class JobCancelled(Exception):
     """Raised by an endpoint when ctx.cancelled() turned true between steps."""

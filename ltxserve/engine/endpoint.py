@@ -24,6 +24,7 @@ from ltxserve.engine.fp8 import fp8_matmul_supported
 from ltxserve.engine.offload import apply_placement
 from ltxserve.engine.placement import Placement
 from ltxserve.engine.plan import LTXV_13B_097_DEV, PipelineConfig, output_size, plan_geometry, with_steps
+from ltxserve.engine.safety_checker import SafetyGate
 from ltxserve.engine.schema import ENDPOINT_ID, ImageToVideoInput, ImageToVideoOutput
 from ltxserve.engine.speedups import install_speedups
 
@@ -115,6 +116,9 @@ class ImageToVideoEndpoint:
         if components is None:
             components = self._load(settings)
         self.components = components
+        # resolved now (missing weights stop the start); loaded on first use; on the GPU only if the plan has room
+        self.safety, self.placement = SafetyGate.for_endpoint(settings, components.source, components.device,
+                                                              components.dtype, self.placement)
         self.speedups = install_speedups(components, settings)  # kernels, attention backend, compiled blocks
         self.loras = LoraStore(settings)
         self.expander = self._prompt_expander(settings)  # expand_prompt: loads its models on first use
@@ -156,10 +160,9 @@ class ImageToVideoEndpoint:
             self.expander.check()  # a 422 naming the weights to pull, before any work
         if self.components.is_tiny:
             ctx.log(TINY_WARNING, "WARN")
-        if inp.enable_safety_checker:
-            ctx.log("enable_safety_checker: this build runs no safety checker", "WARN")
         seed = inp.seed if inp.seed is not None else random.SystemRandom().randrange(2**32)
         image = fetch_image(inp.image_url, self.settings)
+        self.safety.check_input(image, inp.image_url, inp.enable_safety_checker, ctx)  # before any GPU work
         width, height = width or inp.width, height or inp.height
         if width is None or height is None:
             width, height = output_size(inp.resolution, inp.aspect_ratio, image.size)
@@ -209,6 +212,7 @@ class ImageToVideoEndpoint:
             frames = resize_frames(frames, *output)
         if inp.reverse_video:
             frames = frames[::-1]  # a view: write_mp4 makes each frame contiguous as it streams it
+        self.safety.check_output(frames, inp.enable_safety_checker, ctx)  # a flagged video is never stored
         return GeneratedVideo(frames=frames, seed=seed, prompt=prompt)
 
     def run(self, inp: ImageToVideoInput, ctx: JobContext) -> ImageToVideoOutput:

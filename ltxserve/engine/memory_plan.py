@@ -74,6 +74,7 @@ class ModelSizes:
     transformer_rows_fp8: int = 0  # output rows of the fp8 Linear weights: one fp32 scale each
     transformer_unblocked_params: int = 0  # outside the blocks (embeddings, proj_in/out): one offload group
     text_encoder_unblocked_params: int = 0  # T5's shared embedding and final norm
+    safety_checker_params: int = 0  # the NSFW classifier: on the GPU only where the plan has room (safety_checker)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from ltxserve.engine.schema import ImageToVideoInput
 
 GENERATE_SETTINGS = ("model", "device", "dtype", "fp8_matmul", "memory", "use_triton_kernels", "attention_backend",
                      "compile_blocks", "weights_dir", "log_level", "log_format", "data_dir", "prompt_enhancer_dir",
-                     "prompt_enhancer_caption_tokens", "prompt_enhancer_max_tokens")
+                     "prompt_enhancer_caption_tokens", "prompt_enhancer_max_tokens", "safety_checker",
+                     "safety_checker_threshold", "safety_checker_frames")
 log = logging.getLogger("ltxserve.generate")
 
 _FIELD_FLAGS = {  # schema field -> (flag, type)
@@ -50,6 +51,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reverse-video", action="store_true", default=None)
     p.add_argument("--expand-prompt", action="store_true", default=None,
                    help=ImageToVideoInput.model_fields["expand_prompt"].description)
+    p.add_argument("--no-safety-checker", dest="enable_safety_checker", action="store_false", default=None,
+                   help="enable_safety_checker: false (the input image and the output are not checked)")
     p.add_argument("--request", type=Path, help="a JSON request (flags override its fields)")
     p.add_argument("--batch", type=Path, help="a JSONL file: one request per line")
     p.add_argument("-o", "--output", type=Path, help="output mp4 (single request)")
@@ -88,6 +91,8 @@ def _requests(args: argparse.Namespace) -> list[tuple[dict[str, Any], Path]]:
         req["reverse_video"] = True
     if args.expand_prompt:
         req["expand_prompt"] = True
+    if args.enable_safety_checker is False:
+        req["enable_safety_checker"] = False
     return [(req, args.output or Path("output.mp4"))]
 
 

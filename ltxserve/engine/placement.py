@@ -299,6 +299,8 @@ def count_model_sizes() -> ModelSizes:
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
     from transformers import T5Config, T5EncoderModel
 
+    from ltxserve.engine.safety_checker import count_params as count_safety_checker_params
+
     def params(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 
@@ -342,4 +344,5 @@ def count_model_sizes() -> ModelSizes:
         transformer_rows_fp8=sum(m.out_features for m in block_linears),
         transformer_unblocked_params=params(transformer) - sum(params(b) for b in transformer.transformer_blocks),
         text_encoder_unblocked_params=params(text_encoder) - te_blocks,
+        safety_checker_params=count_safety_checker_params(),
     )

@@ -106,7 +106,8 @@ class ImageToVideoInput(_Strict):
         "server's optional prompt-enhancer weights (422 on this field when they are missing)."))
     reverse_video: bool = Field(default=False, description="Reverse the frame order of the output.")
     enable_safety_checker: bool = Field(default=True, description=(
-        "Accepted for compatibility; this build runs no safety checker and says so in the job logs."))
+        "Check the input image and the output video with an NSFW image classifier: a flagged input or output "
+        "ends the request with a 422 content_policy_violation, and a flagged video is never stored."))
     image_url: Text = Field(min_length=1, description="The first frame: an http(s) URL or a data: URI.")
     constant_rate_factor: int = Field(default=35, ge=0, le=51, description=(
         "H.264 CRF the input image is compressed with before conditioning (0 = no compression), as the "

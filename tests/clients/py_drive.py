@@ -78,6 +78,16 @@ def failure() -> dict:
         return {"raised": True, "status": exc.status_code, "message": str(exc.message)}
 
 
+def failure_detail() -> dict:
+    """A refused request as the client sees it: the status, the fal error body's detail and X-Fal-Retryable."""
+    try:
+        fal_client.subscribe(ENDPOINT, arguments=INPUT)
+        return {"raised": False}
+    except fal_client.client.FalClientHTTPError as exc:
+        return {"raised": True, "status": exc.status_code, "detail": exc.response.json().get("detail"),
+                "retryable": exc.response_headers.get("x-fal-retryable")}
+
+
 def webhook() -> dict:
     handle = fal_client.submit(ENDPOINT, arguments=INPUT, webhook_url=os.environ["WEBHOOK_URL"])
     return {"request_id": handle.request_id, "result": handle.get()}

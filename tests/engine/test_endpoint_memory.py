@@ -36,7 +36,7 @@ class _Log:
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
-    settings = Settings(model=str(FIXTURES / "checkpoint"), device="cpu", dtype="fp32",
+    settings = Settings(model=str(FIXTURES / "checkpoint"), device="cpu", dtype="fp32", safety_checker="tiny",
                         data_dir=tmp_path_factory.mktemp("memory-data"))
     e = ImageToVideoEndpoint(settings)
     # The tiny model on the CPU stands in; the plan is the one a 24 GB card gets for the real 13B.

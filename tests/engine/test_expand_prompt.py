@@ -76,7 +76,7 @@ def test_missing_enhancer_weights_are_a_422_on_expand_prompt(tiny_original_check
     from ltxserve.engine.schema import ImageToVideoInput
 
     settings = Settings(model=str(tiny_original_checkpoint), device="cpu", weights_dir=tmp_path / "weights",
-                        data_dir=tmp_path / "data")
+                        data_dir=tmp_path / "data", safety_checker="off")  # the checker is not under test
     endpoint = ImageToVideoEndpoint(settings)
     with pytest.raises(InputError) as caught:
         endpoint.generate(ImageToVideoInput(**{**TARGET_INPUT, "expand_prompt": True}))

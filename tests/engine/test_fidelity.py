@@ -145,7 +145,8 @@ def endpoint(components, tmp_path_factory):
     from ltxserve.engine.endpoint import ImageToVideoEndpoint
 
     settings = Settings(
-        model=str(CHECKPOINT), device="cpu", dtype="fp32", data_dir=tmp_path_factory.mktemp("fidelity-data")
+        model=str(CHECKPOINT), device="cpu", dtype="fp32", data_dir=tmp_path_factory.mktemp("fidelity-data"),
+        safety_checker="tiny",
     )
     return ImageToVideoEndpoint(settings, components)
 

@@ -83,7 +83,7 @@ def run(lora_dir, image_uri, tmp_path_factory):
     @functools.lru_cache(maxsize=None)
     def endpoint(dtype: str, memory: str) -> ImageToVideoEndpoint:
         settings = Settings(model=str(CHECKPOINT), device="cpu", dtype=dtype, memory=memory, data_dir=data,
-                            lora_dirs=[lora_dir])
+                            lora_dirs=[lora_dir], safety_checker="tiny")
         return ImageToVideoEndpoint(settings)
 
     loras = {

@@ -63,6 +63,11 @@ def test_repository_lock_lays_files_out_as_load_components_reads_them():
 
     fp8 = lock.component("transformer_fp8")
     assert fp8.optional and [f.dest for f in fp8.files] == [FP8_CHECKPOINT_NAME]
+    # The safety checker (on by default) is required, in its Hub layout where safety_checker.resolve_folder looks.
+    from ltxserve.engine.safety_checker import FOLDER_NAME, REQUIRED_FILES
+
+    checker = lock.component("safety_checker")
+    assert not checker.optional and {f.dest for f in checker.files} == {f"{FOLDER_NAME}/{n}" for n in REQUIRED_FILES}
 
 
 def test_repository_lock_marks_provenance_honestly():
@@ -80,6 +85,7 @@ def test_repository_lock_marks_provenance_honestly():
 
 # Published values (see shared/reference/facts.md): the pins must match them exactly.
 PIXART_REVISION = "b89adadeccd9ead2adcb9fa2825d3fabec48d404"
+FALCONSAI_REVISION = "96cb0d0342c7afb80cab76ecc58b265fa44da256"  # pinned by several public projects
 LTX_REVISION = "8984fa25007f376c1a299016d0957a37a2f797bb"
 LLAMA_REVISION = "006f5dcd1393c3add266de40994ba96225e9689d"  # several public projects' Hub cache paths
 PUBLISHED = {
@@ -98,7 +104,8 @@ def test_repository_lock_pins_the_published_revisions_and_hashes():
     for comp in lock.components:
         expected = {"PixArt-alpha/PixArt-XL-2-1024-MS": PIXART_REVISION, "Lightricks/LTX-Video": LTX_REVISION,
                     "unsloth/Llama-3.2-3B-Instruct": LLAMA_REVISION,
-                    "MiaoshouAI/Florence-2-large-PromptGen-v2.0": "unresolved"}  # no public pin found
+                    "MiaoshouAI/Florence-2-large-PromptGen-v2.0": "unresolved",  # no public pin found
+                    "Falconsai/nsfw_image_detection": FALCONSAI_REVISION}
         assert comp.revision == expected[comp.repo], comp.name
     files = {f.dest: f for c in lock.components for f in c.files}
     for dest, (size, sha) in PUBLISHED.items():
