@@ -19,6 +19,7 @@ SERVE_SETTINGS = (
     "attention_backend", "compile_blocks", "api_keys", "tls_cert",
     "tls_key", "public_url", "allow_unauthenticated_public", "endpoints", "weights_dir", "worker_max_failed_starts",
     "log_level", "log_format", "access_log", "safety_checker", "safety_checker_threshold", "safety_checker_frames",
+    "prompt_enhancer_dir", "prompt_enhancer_caption_tokens", "prompt_enhancer_max_tokens",
 )
 
 

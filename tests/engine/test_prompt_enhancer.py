@@ -381,3 +381,10 @@ def test_the_chat_date_is_fixed_so_expansions_do_not_change_with_the_day(enhance
     monkeypatch.setattr(enhancer.llm, "generate", generate)
     enhancer.rewrite("a dog", "a lawn", torch.device("cpu"))
     assert f"Today Date: {prompt_enhancer.CHAT_DATE}" in seen[0]
+
+
+def test_the_enhancer_runs_in_bf16_as_a_gpu_or_the_cpu_fallback_runs_it(tiny_folder):
+    e = PromptEnhancer(tiny_folder, dtype=torch.bfloat16, caption_tokens=6, max_tokens=8)
+    first = e.expand("a red ball rolls", IMAGE)
+    assert e.llm.dtype == torch.bfloat16 and next(e.captioner.model.parameters()).dtype == torch.bfloat16
+    assert first.caption and first.rewritten and e.expand("a red ball rolls", IMAGE) == first
