@@ -1,8 +1,8 @@
 """What `expand_prompt` adds to a request, against one denoising step of the transformer, measured in one run.
 
 1. Tiny (--model tiny): one generation through ImageToVideoEndpoint.generate with expand_prompt, timing the
-   enhancer (caption + rewrite, at the settings' token limits: random weights rarely stop early, so this is the
-   worst case) and every transformer call (one per denoising step) with forward hooks. Prints the ratio.
+   enhancer (caption + rewrite, at the settings' token limits; the tokens generated are printed: random weights
+   may stop early) and every transformer call (one per denoising step) with forward hooks. Prints the ratio.
 2. Full-size shapes on this CPU, random weights, bf16: Llama 3.2 3B from its parts (its 28 layers, 6.4 GB, do not
    fit beside the other jobs of a shared machine): one decoder layer at full size on 1 token and on a 450-token
    prefill, and the 128k-vocabulary head, medians of many runs, scaled to 28 layers and 256 new tokens. And
@@ -61,11 +61,21 @@ def _tiny(threads: int) -> None:
                 first_pass_num_inference_steps=6, first_pass_skip_final_steps=1, second_pass_num_inference_steps=6,
                 second_pass_skip_initial_steps=3, expand_prompt=True)
     endpoint.generate(ImageToVideoInput(**body))  # loads the enhancer (built once) and warms up
+    lengths: dict[str, int] = {}
+    enhancer = endpoint.expander.enhancer
+    for name, model in (("caption", enhancer.captioner.model), ("rewrite", enhancer.llm)):
+        def counted(*args, _generate=model.generate, _name=name, **kwargs):
+            out = _generate(*args, **kwargs)
+            lengths[_name] = out.shape[1] - (0 if _name == "caption" else kwargs["input_ids"].shape[1])
+            return out
+
+        model.generate = counted
     steps.clear(), enhance.clear()
     endpoint.generate(ImageToVideoInput(**body))
     step = statistics.median(steps)
-    print(f"tiny ({threads} threads): enhancer {enhance[0]:.2f} s per request (caption <= "
-          f"{settings.prompt_enhancer_caption_tokens} + rewrite <= {settings.prompt_enhancer_max_tokens} tokens); "
+    print(f"tiny ({threads} threads): enhancer {enhance[0]:.2f} s per request (caption {lengths['caption']} tokens of "
+          f"<= {settings.prompt_enhancer_caption_tokens}, rewrite {lengths['rewrite']} of <= "
+          f"{settings.prompt_enhancer_max_tokens}); "
           f"one denoising step {step * 1e3:.1f} ms (median of {len(steps)}); ratio {enhance[0] / step:.0f} steps")
 
 
