@@ -68,12 +68,12 @@ class NodeServices:
     """What runs beside the API in every `serve` node: housekeeping (deadlines, retention, lost workers) and webhook
     delivery."""
 
-    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage):
+    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage, keep_workers=tuple):
         from ltxserve.jobs.housekeeping import Housekeeper
         from ltxserve.jobs.webhooks import WebhookDeliverer
 
         self.housekeeper = Housekeeper(store, storage.delete, lost_after_seconds=settings.worker_lost_after_seconds,
-                                       max_attempts=settings.max_attempts)
+                                       max_attempts=settings.max_attempts, keep=keep_workers)
         self.webhooks = WebhookDeliverer(store, settings)
 
     def start(self) -> None:
@@ -100,8 +100,9 @@ def serve(settings: Settings) -> None:
     store = build_store(settings)
     storage = build_storage(settings)
     app = create_app(settings, store, storage=storage)
-    services = NodeServices(settings, store, storage)
     supervisor = None
+    services = NodeServices(settings, store, storage,
+                            keep_workers=lambda: supervisor.running_worker_ids() if supervisor is not None else ())
 
     def stop_node() -> None:
         if supervisor is not None:

@@ -41,8 +41,9 @@ class Housekeeper:
     """Runs `run_once` every `interval` seconds on a thread; `delete_file` removes a purged file's bytes."""
 
     def __init__(self, store: JobStore, delete_file: Callable[[StoredFile], None], *, lost_after_seconds: float,
-                 max_attempts: int, interval: float = 1.0):
+                 max_attempts: int, interval: float = 1.0, keep: Callable[[], Iterable[str]] = tuple):
         self.store = store
+        self.keep = keep  # worker ids known alive another way (a supervisor's running children): never reaped
         self.delete_file = delete_file
         self.lost_after_seconds = lost_after_seconds
         self.max_attempts = max_attempts
@@ -54,7 +55,7 @@ class Housekeeper:
         self.store.expire_start_deadlines(now)
         for f in self.store.purge_expired(now):
             self.delete_file(f)
-        reap_lost_workers(self.store, self.lost_after_seconds, self.max_attempts)
+        reap_lost_workers(self.store, self.lost_after_seconds, self.max_attempts, keep=self.keep())
 
     def _loop(self) -> None:
         while not self._stop.is_set():

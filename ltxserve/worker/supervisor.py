@@ -180,6 +180,10 @@ class Supervisor:
         if self.failure is None and self.slots and all(s.gave_up for s in self.slots):
             self._give_up()
 
+    def running_worker_ids(self) -> list[str]:
+        """Workers whose process is alive: the node's reaper leaves them alone even if a heartbeat is late."""
+        return [s.worker_id for s in self.slots if s.process is not None and s.process.is_alive()]
+
     @staticmethod
     def _start_failure(slot: _Slot) -> str | None:
         """The reason a dead worker sent before exiting, if it sent one."""
