@@ -78,7 +78,8 @@ class Worker:
         self.storage = storage
         self.specs = {s.endpoint_id: s for s in load_specs(settings.endpoints)}
         self.endpoints: dict[str, Endpoint] = {}
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # stop claiming
+        self._stopped = threading.Event()  # serve_forever has returned
         self._ready = False
         self.current: str | None = None  # the request id of the job in hand
         # Input URLs naming this server's files are read by id through the store (never a path from the URL).
@@ -93,7 +94,9 @@ class Worker:
 
     def _heartbeats(self) -> None:
         # JobStore methods are safe from several threads (a backend keeps a connection per thread if it needs one).
-        while not self._stop.wait(self.settings.worker_heartbeat_seconds):
+        # Beats until serve_forever returns, not merely until stop(): the job in hand is still being worked on, and a
+        # silent worker would be reaped (its job run twice).
+        while not self._stopped.wait(self.settings.worker_heartbeat_seconds):
             try:
                 self.store.heartbeat(self.worker_id, ready=self._ready, info={"pid": os.getpid()})
             except Exception:
@@ -133,6 +136,12 @@ class Worker:
 
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        try:
+            self._serve(poll_interval)
+        finally:
+            self._stopped.set()
+
+    def _serve(self, poll_interval: float) -> None:
         self.store.heartbeat(self.worker_id, ready=False, info={"pid": os.getpid()})
         self.build_endpoints()
         endpoint_ids = list(self.endpoints)

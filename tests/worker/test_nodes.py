@@ -150,3 +150,24 @@ def test_a_worker_node_killed_mid_job_is_reaped_and_the_job_runs_on_the_next(api
         assert job.attempts == 2 and job.worker_id.endswith("-node")
     finally:
         store.close()
+
+
+def test_sigterm_puts_a_long_job_back_when_it_cannot_finish_within_the_grace(api_node, tmp_path):
+    from ltxserve.worker.runner import STOP_GRACE_SECONDS
+
+    with api_node.client() as c:
+        sub = submit(c, "test/steps", {"steps": 400, "seconds_per_step": 0.05, "label": "long"})  # 20 s
+        worker = WorkerNode(api_node, tmp_path / "files", [STEPS_SPEC])
+        try:
+            wait_state(c, sub["status_url"], "IN_PROGRESS", timeout=120)
+            started = time.monotonic()
+            worker.process.send_signal(signal.SIGTERM)
+            assert worker.process.wait(STOP_GRACE_SECONDS + 10) == 0, worker.log()
+            took = time.monotonic() - started
+        finally:
+            worker.stop()
+        status = c.get(sub["status_url"], params={"logs": "1"}).json()
+    assert STOP_GRACE_SECONDS - 1 <= took < STOP_GRACE_SECONDS + 5
+    assert status["status"] == "IN_QUEUE"  # back in the queue for the next worker, not failed
+    messages = [line["message"] for line in status["logs"]]
+    assert any("stopped while the job ran" in m for m in messages) and not any("lost" in m for m in messages)
