@@ -30,7 +30,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ltxserve.api.server import ConfigurationError, serve
+    from ltxserve.api.server import ConfigurationError
+    from ltxserve.wiring import serve
     from ltxserve.worker.supervisor import WorkersFailed
 
     try:

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = 15.0
 
     # --- jobs ----------------------------------------------------------------------------------------------------
+    store: str | None = Field(
+        default=None, description="Job store: unset (or sqlite) = the SQLite file under the data dir; "
+        "redis://HOST:PORT/DB = a Redis server shared by API and worker nodes on several hosts.",
+    )
+    files: Path | None = Field(
+        default=None, description="Folder holding uploads and outputs (default DATA_DIR/files); several hosts may "
+        "point it at one shared mount (NFS, SMB).",
+    )
     workers: int | None = Field(default=None, description="Worker processes; default one per CUDA GPU, else one.")
     endpoints: list[str] = Field(
         default_factory=lambda: [LTX_I2V_ENDPOINT],
@@ -126,7 +134,7 @@ class Settings(BaseSettings):
 
     @property
     def files_dir(self) -> Path:
-        return self.data_dir / "files"
+        return self.files if self.files is not None else self.data_dir / "files"
 
     def base_url(self) -> str:
         """The URL this server is reached at, for URLs it hands out."""

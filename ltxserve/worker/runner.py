@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from ltxserve.config import Settings
 from ltxserve.engine.contract import Endpoint, EndpointError, JobCancelled, load_specs
 from ltxserve.engine.net import install_own_file_lookup
-from ltxserve.jobs.sqlite import SqliteJobStore, cancelled_outcome
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.store import Job, JobStore, StoredFile
 from ltxserve.logs import request_context
 from ltxserve.protocol import ErrorType, File
@@ -90,10 +90,10 @@ class StoreJobContext:
 
 
 class Worker:
-    def __init__(self, settings: Settings, worker_id: str, store: JobStore | None = None):
+    def __init__(self, settings: Settings, worker_id: str, store: JobStore):
         self.settings = settings
         self.worker_id = worker_id
-        self.store = store or SqliteJobStore(settings.db_path, default_retention_seconds=settings.result_retention_seconds)
+        self.store = store
         self.specs = {s.endpoint_id: s for s in load_specs(settings.endpoints)}
         self.endpoints: dict[str, Endpoint] = {}
         self._stop = threading.Event()
@@ -124,32 +124,29 @@ class Worker:
         spec = self.specs[job.endpoint_id]
         ctx = StoreJobContext(self.store, self.settings, job)
         started = time.perf_counter()
-        outcome: dict
         try:
             inp: BaseModel = spec.input_model.model_validate(job.input)
             output = self.endpoints[job.endpoint_id].run(inp, ctx)
-            outcome = {"result": output.model_dump(mode="json")}
+            outcome = Outcome.ok(output.model_dump(mode="json"))
         except ValidationError as exc:
-            outcome = {"error": "Input validation failed", "error_type": ErrorType.VALIDATION_ERROR.value,
-                       "error_body": validation_error_body(exc), "status_code": 422}
+            outcome = Outcome.failed("Input validation failed", ErrorType.VALIDATION_ERROR.value,
+                                     validation_error_body(exc), 422)
         except JobCancelled:
             ctx.log("Cancelled", "WARN")
-            outcome = cancelled_outcome()
+            outcome = Outcome.cancelled()
         except EndpointError as exc:
             ctx.log(exc.message, "ERROR")
-            outcome = {"error": exc.message, "error_type": exc.error_type, "error_body": exc.body(),
-                       "status_code": exc.status_code}
+            outcome = Outcome.failed(exc.message, exc.error_type, exc.body(), exc.status_code)
         except Exception as exc:  # a bug or a runtime failure (e.g. CUDA OOM): fail the job, keep the worker
             log.error("job %s failed:\n%s", job.request_id, traceback.format_exc())
             message = f"Internal error while generating: {type(exc).__name__}"
             ctx.log(message, "ERROR")
-            outcome = {"error": message, "error_type": ErrorType.INTERNAL_ERROR.value,
-                       "error_body": {"detail": message, "error_type": ErrorType.INTERNAL_ERROR.value},
-                       "status_code": 500}
+            outcome = Outcome.failed(message, ErrorType.INTERNAL_ERROR.value,
+                                     {"detail": message, "error_type": ErrorType.INTERNAL_ERROR.value}, 500)
         elapsed = time.perf_counter() - started
-        self.store.complete(job.request_id, inference_time=elapsed, **outcome)
+        self.store.complete(job.request_id, outcome.with_time(elapsed))
         log.info("job finished in %.1f s: %s", elapsed,
-                 "ok" if "result" in outcome else f"{outcome.get('error_type')}: {outcome.get('error')}")
+                 f"{outcome.error_type}: {outcome.error}" if outcome.is_error else "ok")
 
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
@@ -180,11 +177,11 @@ def _die_with_parent(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def worker_main(settings: Settings, worker_id: str, parent_pid: int | None = None) -> None:
-    """Entry point of a worker process (multiprocessing 'spawn')."""
+def worker_main(settings: Settings, worker_id: str, store: JobStore, parent_pid: int | None = None) -> None:
+    """Run one worker until SIGTERM (the wiring module builds the store and calls this in the worker's process)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{worker_id}] %(levelname)s %(message)s")
     if parent_pid is not None:
         threading.Thread(target=_die_with_parent, args=(parent_pid,), daemon=True).start()
-    worker = Worker(settings, worker_id)
+    worker = Worker(settings, worker_id, store)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     worker.serve_forever()

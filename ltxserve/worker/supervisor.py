@@ -26,10 +26,10 @@ from typing import Callable
 
 from ltxserve.config import Settings
 from ltxserve.gpus import nvidia_gpu_indices
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.store import JobStore
 from ltxserve.jobs.webhooks import WebhookDeliverer
 from ltxserve.logs import configure_logging
-from ltxserve.worker.runner import worker_main
 
 log = logging.getLogger("ltxserve.supervisor")
 
@@ -42,11 +42,16 @@ class WorkersFailed(RuntimeError):
     """No worker slot can ever start (each failed its bounded number of starts); the message says why."""
 
 
-def run_worker(settings: Settings, worker_id: str, parent_pid: int, report) -> None:
+# What a worker process runs: worker_entry(settings, worker_id, parent_pid), blocking until the worker stops. A
+# module-level function (spawn pickles it by name) from the wiring module, which builds the worker's store.
+WorkerEntry = Callable[[Settings, str, int], None]
+
+
+def run_worker(settings: Settings, worker_id: str, parent_pid: int, report, worker_entry: WorkerEntry) -> None:
     """Worker process entry: runs the worker; if it fails before serving, sends the reason to the supervisor."""
     configure_logging(settings.log_level, settings.log_format, f"worker[{worker_id}]")
     try:
-        worker_main(settings, worker_id, parent_pid)
+        worker_entry(settings, worker_id, parent_pid)
     except BaseException as exc:  # noqa: BLE001 - whatever stopped the worker is the reason it reports
         if isinstance(exc, SystemExit) and not exc.code:
             raise
@@ -111,9 +116,11 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, store: JobStore, on_give_up: Callable[[str], None] | None = None):
+    def __init__(self, settings: Settings, store: JobStore, on_give_up: Callable[[str], None] | None = None, *,
+                 worker_entry: WorkerEntry):
         self.settings = settings
         self.store = store
+        self.worker_entry = worker_entry
         self.on_give_up = on_give_up
         self.failure: str | None = None  # set once no slot can start
         self._ctx = mp.get_context("spawn")
@@ -134,7 +141,7 @@ class Supervisor:
         receive, send = self._ctx.Pipe(duplex=False)
         try:
             proc = self._ctx.Process(
-                target=run_worker, args=(self.settings, slot.worker_id, os.getpid(), send),
+                target=run_worker, args=(self.settings, slot.worker_id, os.getpid(), send, self.worker_entry),
                 name=f"ltxserve-worker-{slot.index}", daemon=False,
             )
             proc.start()
@@ -246,9 +253,8 @@ class Supervisor:
         failed = []
         while (job := self.store.claim_next(claimer, endpoint_ids)) is not None:
             self.store.append_log(job.request_id, message, "ERROR")
-            self.store.complete(job.request_id, error=message, error_type=NO_RUNNER_ERROR_TYPE,
-                                error_body={"detail": message, "error_type": NO_RUNNER_ERROR_TYPE},
-                                status_code=503)
+            self.store.complete(job.request_id, Outcome.failed(
+                message, NO_RUNNER_ERROR_TYPE, {"detail": message, "error_type": NO_RUNNER_ERROR_TYPE}, 503))
             failed.append(job.request_id)
         return failed
 

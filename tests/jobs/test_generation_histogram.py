@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from ltxserve.api.health import build_health_router
 from ltxserve.config import Settings
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 
@@ -18,7 +19,7 @@ def _finish(store: SqliteJobStore, seconds: float, retention: int = 10) -> str:
     rid = uuid.uuid4().hex
     store.submit(Job(request_id=rid, endpoint_id="e", owner="o", app="a", input={}, retention_seconds=retention))
     assert store.claim_next("w", ["e"]).request_id == rid
-    store.complete(rid, result={"ok": True}, inference_time=seconds)
+    store.complete(rid, Outcome.ok({"ok": True}, inference_time=seconds))
     return rid
 
 

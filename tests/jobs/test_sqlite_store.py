@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job, StoredFile
 from ltxserve.protocol import Priority, QueueState
@@ -38,12 +39,12 @@ def test_lifecycle_queue_progress_complete(store):
     assert claimed.attempts == 1 and store.get(job.request_id).worker_id == "w1"
     store.set_progress(job.request_id, 3, 10, "pass 1")
     assert store.get(job.request_id).progress == {"step": 3, "total": 10, "stage": "pass 1"}
-    assert store.complete(job.request_id, result={"ok": True}, inference_time=1.5)
+    assert store.complete(job.request_id, Outcome.ok({"ok": True}, inference_time=1.5))
     done = store.get(job.request_id)
     assert done.state == QueueState.COMPLETED and done.result == {"ok": True} and done.error is None
     assert done.expires_at == pytest.approx(done.completed_at + 100)
     # Completing twice is refused; nothing is left to claim.
-    assert not store.complete(job.request_id, error="again")
+    assert not store.complete(job.request_id, Outcome.failed("again", "internal_error", None, 500))
     assert store.claim_next("w1", [EP]) is None
     assert store.claim_next("w1", ["other/endpoint"]) is None
 
@@ -123,10 +124,9 @@ def test_webhook_row_on_success_and_error(store):
     ok = store.submit(make_job(webhook_url="http://127.0.0.1:9/hook"))
     bad = store.submit(make_job(webhook_url="http://127.0.0.1:9/hook"))
     none = store.submit(make_job())
-    store.complete(ok.request_id, result={"video": 1})
-    store.complete(bad.request_id, error="boom", error_type="internal_error",
-                   error_body={"detail": "boom"}, status_code=500)
-    store.complete(none.request_id, result={})
+    store.complete(ok.request_id, Outcome.ok({"video": 1}))
+    store.complete(bad.request_id, Outcome.failed("boom", "internal_error", {"detail": "boom"}, 500))
+    store.complete(none.request_id, Outcome.ok({}))
     assert store.webhook(none.request_id) is None
     body_ok = json.loads(store.webhook(ok.request_id).body)
     assert body_ok["request_id"] == ok.request_id and body_ok["status"] == "OK"
@@ -151,8 +151,8 @@ def test_retention_purges_jobs_logs_webhooks_and_files(store):
     now = time.time()
     store.add_file(StoredFile(file_id="up1", path="up1/b.png", content_type="image/png", file_name="b.png",
                               file_size=3, created_at=now, expires_at=now + 10))
-    store.complete(keep_short.request_id, result={})
-    store.complete(default.request_id, result={})
+    store.complete(keep_short.request_id, Outcome.ok({}))
+    store.complete(default.request_id, Outcome.ok({}))
     assert store.purge_expired(now=now) == []
     purged = store.purge_expired(now=now + 50)
     assert {f.file_id for f in purged} == {"out1", "up1"}

@@ -18,6 +18,7 @@ from ltxserve.config import Settings
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 from ltxserve.protocol import QueueState
+from ltxserve.wiring import run_worker_node
 from ltxserve.worker.supervisor import Supervisor, describe_exit
 from tests.worker.endpoints import STEPS_ID
 
@@ -54,7 +55,7 @@ def markers(data_dir: Path, rid: str) -> list[Path]:
 def running(tmp_path):
     settings = make_settings(tmp_path)
     store = SqliteJobStore(settings.db_path)
-    sup = Supervisor(settings, store)
+    sup = Supervisor(settings, store, worker_entry=run_worker_node)
     yield settings, store, sup
     sup.stop(grace_seconds=2)
     store.close()
@@ -111,8 +112,9 @@ SUPERVISOR_SCRIPT = textwrap.dedent(
     from ltxserve.config import Settings
     from ltxserve.jobs.sqlite import SqliteJobStore
     from ltxserve.worker.supervisor import Supervisor
+    from ltxserve.wiring import run_worker_node
     settings = Settings(data_dir=Path(sys.argv[1]), endpoints=[sys.argv[2]], workers=1, worker_heartbeat_seconds=0.5)
-    Supervisor(settings, SqliteJobStore(settings.db_path)).start()
+    Supervisor(settings, SqliteJobStore(settings.db_path), worker_entry=run_worker_node).start()
     time.sleep(600)
     """
 )
@@ -159,7 +161,8 @@ def test_a_model_that_cannot_load_stops_restarts_and_fails_queued_jobs(tmp_path)
     store.submit(Job(request_id=rid, endpoint_id=BROKEN_ID, owner="test", app="broken", input={"text": "x"}))
     gave_up = threading.Event()
     reasons: list[str] = []
-    sup = Supervisor(settings, store, on_give_up=lambda reason: (reasons.append(reason), gave_up.set()))
+    sup = Supervisor(settings, store, on_give_up=lambda reason: (reasons.append(reason), gave_up.set()),
+                     worker_entry=run_worker_node)
     try:
         sup.start()
         assert gave_up.wait(120), "the supervisor never gave up"
