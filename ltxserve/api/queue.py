@@ -136,33 +136,14 @@ class QueueService:
 
     def find(self, owner: str, app: str, request_id: str, *, view: bool = False) -> Job:
         """The job, or fal's 404. `view` reads only what a status answer needs (the polling hot path)."""
-        self._check_ids(owner, app, request_id)
-        job = self.store.status_view(request_id) if view else self.store.get(request_id)
-        return self._found(job, owner, app, request_id)
-
-    async def find_view_async(self, owner: str, app: str, request_id: str) -> Job:
-        """find(view=True) on the event loop, for stores with `status_view_async` (no thread-pool hop)."""
-        self._check_ids(owner, app, request_id)
-        return self._found(await self.store.status_view_async(request_id), owner, app, request_id)
-
-    def _check_ids(self, owner: str, app: str, request_id: str) -> None:
         if (owner, app) not in self.apps:
             raise HTTPException(404, detail=f"Application '{_echo(owner)}/{_echo(app)}' not found")
         if not _REQUEST_ID.match(request_id):
             raise HTTPException(404, detail=f"Request '{_echo(request_id)}' not found")
-
-    @staticmethod
-    def _found(job: Job | None, owner: str, app: str, request_id: str) -> Job:
+        job = self.store.status_view(request_id) if view else self.store.get(request_id)
         if job is None or job.owner != owner or job.app != app:
             raise HTTPException(404, detail=f"Request '{_echo(request_id)}' not found")
         return job
-
-    async def status_document_async(self, job: Job, with_logs: bool) -> tuple[int, dict[str, Any]]:
-        """status_document for stores with async reads (status_view_async, logs_async)."""
-        code, doc = self.status_document(job, False)
-        if with_logs:
-            doc["logs"] = [e.model_dump(mode="json") for e in await self.store.logs_async(job.request_id)]
-        return code, doc
 
     def status_document(self, job: Job, with_logs: bool) -> tuple[int, dict[str, Any]]:
         """The status body (QueuedStatus / InProgressStatus / CompletedStatus, built as plain dicts: hot path)."""
@@ -201,30 +182,16 @@ class QueueService:
 def build_queue_router(service: QueueService) -> APIRouter:
     router = APIRouter(prefix="/queue")  # authenticated by AuthMiddleware, before the body is read
 
-    status_route = router.get("/{owner}/{app}/requests/{request_id}/status", tags=["queue"],
-                              response_model=QueuedStatus | InProgressStatus | CompletedStatus,
-                              responses={202: {"description": "IN_QUEUE or IN_PROGRESS"}})
-    status_slash = router.get("/{owner}/{app}/requests/{request_id}/status/", include_in_schema=False)
-    async_store = hasattr(service.store, "status_view_async")
-
-    # The hot path (~10 requests/s per waiting Python client): one indexed query, a dict, no pydantic. A store with
-    # async reads (Redis) answers on the event loop; the others (SQLite) in the thread pool.
-    if async_store:
-        @status_route
-        @status_slash
-        async def status(owner: str, app: str, request_id: str, request: Request, logs: str | None = Query(None)):
-            job = await service.find_view_async(owner, app, request_id)
-            request.state.fal_request_id = job.request_id
-            code, doc = await service.status_document_async(job, parse_logs_flag(logs))
-            return JSONResponse(doc, status_code=code)
-    else:
-        @status_route
-        @status_slash
-        def status(owner: str, app: str, request_id: str, request: Request, logs: str | None = Query(None)):
-            job = service.find(owner, app, request_id, view=True)
-            request.state.fal_request_id = job.request_id
-            code, doc = service.status_document(job, parse_logs_flag(logs))
-            return JSONResponse(doc, status_code=code)
+    @router.get("/{owner}/{app}/requests/{request_id}/status", tags=["queue"],
+                response_model=QueuedStatus | InProgressStatus | CompletedStatus,
+                responses={202: {"description": "IN_QUEUE or IN_PROGRESS"}})
+    @router.get("/{owner}/{app}/requests/{request_id}/status/", include_in_schema=False)
+    def status(owner: str, app: str, request_id: str, request: Request, logs: str | None = Query(None)):
+        # The hot path (~10 requests/s per waiting Python client): one indexed query, a dict, no pydantic.
+        job = service.find(owner, app, request_id, view=True)
+        request.state.fal_request_id = job.request_id
+        code, doc = service.status_document(job, parse_logs_flag(logs))
+        return JSONResponse(doc, status_code=code)
 
     @router.get("/{owner}/{app}/requests/{request_id}/status/stream", tags=["queue"])
     async def status_stream(owner: str, app: str, request_id: str, request: Request, logs: str | None = Query(None)):
@@ -232,38 +199,30 @@ def build_queue_router(service: QueueService) -> APIRouter:
         request.state.fal_request_id = job.request_id
         with_logs = parse_logs_flag(logs)
 
-        async def document() -> dict[str, Any] | None:
-            if async_store:
-                current = await service.store.status_view_async(request_id)
-                return None if current is None else (await service.status_document_async(current, with_logs))[1]
-            current = await to_thread.run_sync(service.store.status_view, request_id)
-            return None if current is None else (await to_thread.run_sync(service.status_document, current,
-                                                                          with_logs))[1]
-
         async def events() -> AsyncIterator[bytes]:
-            # Re-read only when the store says the job changed (Redis pub/sub), or every 0.2 s where it cannot.
+            # Re-read when the store says the job changed (Redis: pub/sub), or every 0.2 s where it cannot (SQLite).
             keepalive = service.settings.sse_keepalive_seconds
             async with change_feed(service.store, request_id) as changes:
                 last = None
                 last_sent = time.monotonic()
                 while True:
-                    doc = await document()
-                    if doc is None:
+                    current = await to_thread.run_sync(service.store.status_view, request_id)
+                    if current is None:
                         return
+                    _, doc = await to_thread.run_sync(service.status_document, current, with_logs)
                     encoded = json.dumps(doc)
                     if encoded != last:
                         yield f"data: {encoded}\n\n".encode()
                         last, last_sent = encoded, time.monotonic()
-                        if doc["status"] == QueueState.COMPLETED.value:
+                        if current.state == QueueState.COMPLETED:
                             return
-                    while True:  # wait for a change, a keepalive or the client leaving (checked each second)
+                    while True:  # until a change; meanwhile keepalives, and the client's leaving checked each second
                         if time.monotonic() - last_sent >= keepalive:
                             yield b": keepalive\n\n"
                             last_sent = time.monotonic()
                         if await request.is_disconnected():
                             return
-                        remaining = keepalive - (time.monotonic() - last_sent)
-                        if await changes.wait(max(0.01, min(1.0, remaining))):
+                        if await changes.wait(max(0.01, min(1.0, keepalive - (time.monotonic() - last_sent)))):
                             break
 
         return StreamingResponse(events(), media_type="text/event-stream",

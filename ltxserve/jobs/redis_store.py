@@ -16,6 +16,7 @@ Key layout, all under one prefix (default `ltx:`):
     counters         hash: the generation histogram (only grows)
     workers          hash worker id -> JSON {ready, info, seen_at}: heartbeats (a worker's lease on its jobs)
     ch:{rid}         pub/sub channel: a message on every change of the job (state, progress, log, cancel)
+    queue-moved      pub/sub channel: a message whenever a job enters or leaves the queue (positions changed)
 
 Transitions are atomic: submit, claim, progress and heartbeats are Lua scripts; completion, cancel and release read
 the job under WATCH and apply the rules of jobs/lifecycle.py (the one home of those rules: Lua cannot call Python) in
@@ -37,7 +38,7 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable
 
 import redis
-import redis.asyncio as aredis
+from redis.client import PubSub
 from redis.exceptions import WatchError
 
 from ltxserve.jobs.lifecycle import expires_at, final_outcome, release_decision
@@ -61,6 +62,13 @@ _RANK_PRIORITY = {v: k for k, v in _PRIORITY_RANK.items()}
 TTL_GRACE_SECONDS = 3600
 # A webhook handed out by due_webhooks is not handed out again for this long (several nodes deliver; one wins).
 WEBHOOK_LEASE_SECONDS = 120.0
+# Connections per process (the API's thread pool, a worker's threads, housekeeping); more would only queue up inside
+# Redis, which runs commands one at a time.
+SYNC_CONNECTIONS = 64
+# The API's status cache (see _StatusCache): an upper bound on an entry's life, and on the number of entries.
+STATUS_CACHE_SECONDS = 2.0
+STATUS_CACHE_ENTRIES = 100_000
+_STATE_NAMES = frozenset(s.value for s in QueueState)
 
 _SUBMIT = """
 local p, rid = ARGV[1], ARGV[2]
@@ -73,6 +81,7 @@ redis.call('ZADD', p .. 'queue', score, rid)
 redis.call('ZADD', p .. 'queue:' .. ARGV[4], score, rid)
 if ARGV[5] ~= '' then redis.call('ZADD', p .. 'deadlines', ARGV[5], rid) end
 redis.call('PUBLISH', p .. 'ch:' .. rid, 'IN_QUEUE')
+redis.call('PUBLISH', p .. 'queue-moved', rid)
 return seq
 """
 
@@ -123,6 +132,7 @@ redis.call('ZREM', p .. 'queue:' .. best_ep, best)
 redis.call('ZREM', p .. 'deadlines', best)
 redis.call('HSET', p .. 'running', best, worker)
 redis.call('PUBLISH', p .. 'ch:' .. best, 'IN_PROGRESS')
+redis.call('PUBLISH', p .. 'queue-moved', best)
 return {late, redis.call('HGETALL', key)}
 """
 
@@ -210,6 +220,10 @@ class _Keys:
     def channel(self, rid: str) -> str:
         return f"{self.p}ch:{rid}"
 
+    @property
+    def queue_moved(self) -> str:
+        return f"{self.p}queue-moved"
+
     def __getattr__(self, name: str) -> str:  # the fixed keys: deadlines, running, expiry, counters, ...
         return self.p + name.replace("_", ":")
 
@@ -221,23 +235,25 @@ class RedisJobStore(JobStore):
         self.url = url
         self.default_retention_seconds = default_retention_seconds
         self.k = _Keys(prefix)
-        # Thread-safe pool; a short socket timeout so a Redis outage surfaces as an error, not a hang.
-        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5,
-                                      health_check_interval=30)
+        # Bounded, blocking pools: a burst of requests waits for a free connection instead of failing (redis-py's
+        # default pool raises "Too many connections"); a socket timeout so a Redis outage is an error, not a hang.
+        self.r = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=SYNC_CONNECTIONS, timeout=30, decode_responses=True, socket_timeout=30,
+            socket_connect_timeout=5, health_check_interval=30))
         self._submit = self.r.register_script(_SUBMIT)
         self._status = self.r.register_script(_STATUS)
         self._claim = self.r.register_script(_CLAIM)
         self._progress = self.r.register_script(_SET_PROGRESS)
         self._heartbeat = self.r.register_script(_HEARTBEAT)
         self._due = self.r.register_script(_DUE_WEBHOOKS)
-        self._async: dict[int, _AsyncSide] = {}  # per event loop: an asyncio client and the change listener
-        self._async_lock = threading.Lock()
+        self._changes: _ChangeListener | None = None  # started by the first status read or change feed (API)
+        self._changes_lock = threading.Lock()
 
     def close(self) -> None:
+        if self._changes is not None:
+            self._changes.stop()
+            self._changes = None
         self.r.close()
-        for side in list(self._async.values()):
-            side.close_soon()
-        self._async.clear()
 
     # --- rows -----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -279,6 +295,7 @@ class RedisJobStore(JobStore):
         deadline = "" if job.start_deadline is None else repr(job.start_deadline)
         self._submit(args=[self.k.p, job.request_id, _PRIORITY_RANK[Priority(job.priority)], job.endpoint_id,
                            deadline, *flat])
+        self._changed_here(job.request_id)
         return job
 
     def get(self, request_id: str) -> Job | None:
@@ -295,13 +312,24 @@ class RedisJobStore(JobStore):
                    progress={"queue_position": int(position)} if position is not None else None)
 
     def status_view(self, request_id: str) -> Job | None:
+        # From this process's cache while the job has not changed (see _StatusCache), else one script call.
+        cache = self._listener().cache
+        hit = cache.get(request_id)
+        if hit is not None:
+            return self._view([request_id, hit])
+        version = cache.version()
         v = self._status(args=[self.k.p, request_id])
+        if v:
+            cache.put(request_id, v, version)
         return self._view([request_id, v] if v else None)
 
-    async def status_view_async(self, request_id: str) -> Job | None:
-        """status_view on the event loop (no thread hop): the API's status route uses it when the store has it."""
-        v = await self._side().status(args=[self.k.p, request_id])
-        return self._view([request_id, v] if v else None)
+    def _changed_here(self, *request_ids: str) -> None:
+        """This process changed these jobs (and maybe the queue): its status cache forgets them now, before the
+        write's answer goes out, rather than when the published change comes back."""
+        if self._changes is not None:
+            for rid in request_ids:
+                self._changes.cache.changed(rid)
+            self._changes.cache.queue_moved()
 
     def queue_position(self, request_id: str) -> int:
         rank = self.r.zrank(self.k.queue(), request_id)
@@ -312,11 +340,12 @@ class RedisJobStore(JobStore):
             return None
         now = time.time()
         late, row = self._claim(args=[self.k.p, worker_id, repr(now), *endpoint_ids])
+        job = self._job(dict(zip(row[::2], row[1::2]))) if row else None
+        if job is not None:
+            self._changed_here(job.request_id)
         for rid in late:
             self._complete(rid, Outcome.timed_out(), only_from=QueueState.IN_QUEUE)
-        if not row:
-            return None
-        return self._job(dict(zip(row[::2], row[1::2])))
+        return job
 
     def _complete(self, request_id: str, outcome: Outcome, *, only_from: QueueState | None = None,
                   log: tuple[str, str] | None = None) -> bool:
@@ -334,7 +363,10 @@ class RedisJobStore(JobStore):
             self._write_completion(pipe, request_id, f, outcome, files)
             return True
 
-        return self._transact(request_id, decide)
+        done = self._transact(request_id, decide)
+        if done:
+            self._changed_here(request_id)
+        return done
 
     def _transact(self, request_id: str, decide: Callable[[Any, dict[str, str | None]], Any]) -> Any:
         """Run `decide(pipe, fields)` on the job's fields read under WATCH; it queues its writes after
@@ -398,6 +430,8 @@ class RedisJobStore(JobStore):
         for k in (key, self.k.logs(rid), self.k.jobfiles(rid)):
             pipe.expireat(k, ttl_at)
         pipe.publish(self.k.channel(rid), QueueState.COMPLETED.value)
+        if f["state"] == QueueState.IN_QUEUE.value:
+            pipe.publish(self.k.queue_moved, rid)
 
     def complete(self, request_id: str, outcome: Outcome) -> bool:
         return self._complete(request_id, outcome)
@@ -419,7 +453,9 @@ class RedisJobStore(JobStore):
                 pipe.publish(self.k.channel(request_id), "cancel")
             return "CANCELLATION_REQUESTED"
 
-        return self._transact(request_id, decide)
+        answer = self._transact(request_id, decide)
+        self._changed_here(request_id)
+        return answer
 
     def is_cancel_requested(self, request_id: str) -> bool:
         return self.r.hget(self.k.job(request_id), "cancel_requested") == "1"
@@ -456,11 +492,15 @@ class RedisJobStore(JobStore):
                     pipe.zadd(self.k.deadlines, {rid: float(f["start_deadline"])})
                 pipe.hdel(self.k.running, rid)
                 pipe.publish(self.k.channel(rid), QueueState.IN_QUEUE.value)
+                pipe.publish(self.k.queue_moved, rid)
             else:
                 self._write_completion(pipe, rid, f, decision.outcome, files)
             return True
 
-        return self._transact(rid, decide)
+        released = self._transact(rid, decide)
+        if released:
+            self._changed_here(rid)
+        return released
 
     def in_progress_workers(self) -> list[str]:
         return sorted(set(self.r.hvals(self.k.running)))
@@ -479,10 +519,6 @@ class RedisJobStore(JobStore):
 
     def logs(self, request_id: str) -> list[LogEntry]:
         rows = [json.loads(x) for x in self.r.lrange(self.k.logs(request_id), 0, -1)]
-        return [LogEntry(message=m, level=lv, timestamp=ts) for m, lv, ts in rows]
-
-    async def logs_async(self, request_id: str) -> list[LogEntry]:
-        rows = [json.loads(x) for x in await self._side().client.lrange(self.k.logs(request_id), 0, -1)]
         return [LogEntry(message=m, level=lv, timestamp=ts) for m, lv, ts in rows]
 
     # --- files ----------------------------------------------------------------------------------------------------
@@ -657,37 +693,36 @@ class RedisJobStore(JobStore):
     @asynccontextmanager
     async def changes(self, request_id: str) -> AsyncIterator["ChangeFeed"]:
         """A feed that wakes on every change of the job (published by every transition); see jobs/changes.py."""
-        side = self._side()
-        await side.listening()
-        feed = ChangeFeed()
-        side.waiters.setdefault(request_id, set()).add(feed)
+        listener = self._listener()
+        if not listener.subscribed.is_set():
+            await asyncio.to_thread(listener.subscribed.wait, 10)
+        feed = ChangeFeed(asyncio.get_running_loop())
+        listener.add(request_id, feed)
         try:
             yield feed
         finally:
-            waiting = side.waiters.get(request_id)
-            if waiting is not None:
-                waiting.discard(feed)
-                if not waiting:
-                    side.waiters.pop(request_id, None)
+            listener.remove(request_id, feed)
 
-    def _side(self) -> "_AsyncSide":
-        loop = asyncio.get_running_loop()
-        side = self._async.get(id(loop))
-        if side is None or side.loop is not loop:
-            with self._async_lock:
-                side = _AsyncSide(self, loop)
-                self._async[id(loop)] = side
-        return side
+    def _listener(self) -> "_ChangeListener":
+        if self._changes is None:
+            with self._changes_lock:
+                if self._changes is None:
+                    self._changes = _ChangeListener(self.url, self.k)
+        return self._changes
 
 
 class ChangeFeed:
-    """Set when the job changed since the last wait."""
+    """Set when the job changed since the last wait; notified from the listener thread."""
 
-    def __init__(self):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
         self._event = asyncio.Event()
 
     def notify(self) -> None:
-        self._event.set()
+        try:
+            self._loop.call_soon_threadsafe(self._event.set)
+        except RuntimeError:  # its loop has closed: nobody waits any more
+            pass
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed (now or within `timeout` seconds); clears the mark."""
@@ -699,48 +734,150 @@ class ChangeFeed:
         return True
 
 
-class _AsyncSide:
-    """The store's asyncio half, bound to one event loop: a client for the status hot path and one pattern
-    subscription to every job's channel, fanned out to the feeds waiting in this process."""
+class _StatusCache:
+    """Status views this API process read, kept until the job changes (or, while queued, until the queue moves):
+    pollers are answered from memory, and the listener drops entries as the changes are published.
 
-    def __init__(self, store: RedisJobStore, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.prefix = store.k.channel("")
-        self.client = aredis.Redis.from_url(store.url, decode_responses=True, socket_connect_timeout=5,
-                                            health_check_interval=30)
-        self.status = self.client.register_script(_STATUS)
-        self.waiters: dict[str, set[ChangeFeed]] = {}
-        self._subscribed = asyncio.Event()
-        self._task: asyncio.Task | None = None
+    Only while the listener is subscribed (a lost subscription empties it and turns it off until resubscribed);
+    entries also expire after STATUS_CACHE_SECONDS as a bound. A read that overlapped any change is not kept."""
 
-    async def listening(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._listen())
-        await asyncio.wait_for(self._subscribed.wait(), 10)
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._views: dict[str, tuple[list, float]] = {}
+        self._queued: set[str] = set()
+        self._version = 0
+        self.live = False
 
-    async def _listen(self) -> None:
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+    def get(self, rid: str) -> list | None:
+        hit = self._views.get(rid)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def version(self) -> int:
+        return self._version
+
+    def put(self, rid: str, view: list, version: int) -> None:
+        with self._lock:
+            if not self.live or version != self._version:
+                return
+            if len(self._views) >= STATUS_CACHE_ENTRIES:
+                self._views.clear()
+                self._queued.clear()
+            self._views[rid] = (view, time.monotonic() + STATUS_CACHE_SECONDS)
+            if view[3] == QueueState.IN_QUEUE.value:
+                self._queued.add(rid)
+
+    def changed(self, rid: str) -> None:
+        with self._lock:
+            self._version += 1
+            self._views.pop(rid, None)
+            self._queued.discard(rid)
+
+    def queue_moved(self) -> None:
+        with self._lock:
+            self._version += 1
+            for rid in self._queued:
+                self._views.pop(rid, None)
+            self._queued.clear()
+
+    def reset(self, live: bool) -> None:
+        with self._lock:
+            self._version += 1
+            self._views.clear()
+            self._queued.clear()
+            self.live = live
+
+
+class _ChangeListener:
+    """One thread per process subscribed to every job's channel and to queue moves: it keeps the status cache true
+    and wakes the change feeds (status streams) of this process."""
+
+    def __init__(self, url: str, keys: _Keys):
+        self.prefix = keys.channel("")
+        self.queue_channel = keys.queue_moved
+        self.cache = _StatusCache()
+        self.subscribed = threading.Event()
+        self._feeds: dict[str, set[ChangeFeed]] = {}
+        self._feeds_lock = threading.Lock()
+        # Its own connection: no read timeout (it may be quiet for hours), health-checked with PINGs instead.
+        self._client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                                            health_check_interval=15)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="redis-changes", daemon=True)
+        self._thread.start()
+
+    def add(self, rid: str, feed: ChangeFeed) -> None:
+        with self._feeds_lock:
+            self._feeds.setdefault(rid, set()).add(feed)
+
+    def remove(self, rid: str, feed: ChangeFeed) -> None:
+        with self._feeds_lock:
+            feeds = self._feeds.get(rid)
+            if feeds is not None:
+                feeds.discard(feed)
+                if not feeds:
+                    del self._feeds[rid]
+
+    def _wake(self, rid: str | None = None) -> None:
+        with self._feeds_lock:
+            feeds = list(self._feeds.get(rid, ())) if rid is not None else [
+                f for group in self._feeds.values() for f in group]
+        for feed in feeds:
+            feed.notify()
+
+    def _lost(self) -> None:
+        """Messages may have been missed: distrust the cache until subscribed again; every stream re-reads."""
+        self.subscribed.clear()
+        self.cache.reset(live=False)
+        self._wake()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = _NoticingPubSub(self._client.connection_pool, on_reconnect=self._lost)
             try:
-                await pubsub.psubscribe(self.prefix + "*")
-                self._subscribed.set()
-                async for message in pubsub.listen():
-                    if message.get("type") == "pmessage":
-                        for feed in tuple(self.waiters.get(message["channel"][len(self.prefix):], ())):
-                            feed.notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis restarted or unreachable: wake everyone (they re-read), then resubscribe
-                for feeds in tuple(self.waiters.values()):
-                    for feed in tuple(feeds):
-                        feed.notify()
-                await asyncio.sleep(0.5)
+                pubsub.psubscribe(self.prefix + "*")
+                pubsub.subscribe(self.queue_channel)
+                confirmed = 0
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind in ("psubscribe", "subscribe"):
+                        confirmed += 1
+                        if confirmed % 2 == 0:  # both subscriptions (again, after a reconnect) are in place
+                            self.cache.reset(live=True)
+                            self.subscribed.set()
+                            self._wake()  # whatever changed before now is re-read
+                    elif kind == "pmessage":
+                        rid = message["channel"][len(self.prefix):]
+                        if message["data"] in _STATE_NAMES:
+                            self.cache.changed(rid)
+                        self._wake(rid)
+                    elif kind == "message":  # the queue moved: queued jobs' positions changed
+                        self.cache.queue_moved()
+                        self._wake()
+            except Exception:  # Redis restarted or unreachable: try again shortly
+                self._lost()
+                self._stop.wait(0.5)
             finally:
                 try:
-                    await pubsub.aclose()
+                    pubsub.close()
                 except Exception:
                     pass
 
-    def close_soon(self) -> None:
-        if self._task is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._task.cancel)
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3)
+        self._client.close()
+
+
+class _NoticingPubSub(PubSub):
+    """redis-py's PubSub reconnects and resubscribes by itself; this one also says so (messages may be lost)."""
+
+    def __init__(self, pool, *, on_reconnect):
+        super().__init__(pool)
+        self._on_reconnect = on_reconnect
+
+    def on_connect(self, connection) -> None:  # called on reconnects only (the first connect precedes the callback)
+        self._on_reconnect()
+        super().on_connect(connection)

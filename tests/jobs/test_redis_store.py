@@ -97,6 +97,7 @@ def test_cancel_racing_completion_has_one_consistent_winner(redis_url):
 def test_change_feed_wakes_on_every_transition_and_only_then(redis_url):
     store = RedisJobStore(redis_url)
     job = store.submit(make_job())
+    other = store.submit(make_job())
 
     async def watch() -> list[bool]:
         seen = []
@@ -108,7 +109,7 @@ def test_change_feed_wakes_on_every_transition_and_only_then(redis_url):
                            lambda: store.complete(job.request_id, Outcome.ok({}))):
                 await asyncio.to_thread(change)
                 seen.append(await feed.wait(5))
-            other = store.submit(make_job())  # another job's change does not wake this feed
+            # Another job's change does not wake this feed (unless the queue moves: positions change).
             await asyncio.to_thread(store.set_progress, other.request_id, 1, 2, "x")
             seen.append(await feed.wait(0.3))
         return seen
@@ -117,18 +118,63 @@ def test_change_feed_wakes_on_every_transition_and_only_then(redis_url):
     store.close()
 
 
-def test_status_view_async_matches_status_view(redis_url):
-    store = RedisJobStore(redis_url)
-    jobs = [store.submit(make_job(Priority.LOW)), store.submit(make_job())]
+def test_api_status_cache_serves_repeats_and_drops_what_another_node_changed(redis_url):
+    api, worker_node = RedisJobStore(redis_url), RedisJobStore(redis_url)
+    first, second = api.submit(make_job()), api.submit(make_job(Priority.LOW))
+    raw = redis.Redis.from_url(redis_url)
+    assert api.status_view(second.request_id).progress == {"queue_position": 1}
+    assert api._listener().subscribed.wait(10)  # the cache is live once the listener is subscribed
+    assert api.status_view(second.request_id).progress == {"queue_position": 1}
+    # A write that publishes nothing is not seen: the answer comes from the cache.
+    raw.hset(f"ltx:job:{second.request_id}", "owner", "changed-behind-its-back")
+    assert api.status_view(second.request_id).owner == "test"
 
-    async def views():
-        return [await store.status_view_async(j.request_id) for j in jobs] + [await store.status_view_async("nope")]
+    def until(predicate, what: str) -> None:
+        deadline = time.monotonic() + 1.0  # well inside the cache's own 2 s bound
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.005)
 
-    low, normal, missing = asyncio.run(views())
-    assert missing is None
-    assert low.progress == {"queue_position": 1} and normal.progress == {"queue_position": 0}
-    assert low == store.status_view(jobs[0].request_id)
-    store.close()
+    # Another node submits a normal job: it goes ahead of the low one, whose position is read again.
+    worker_node.submit(make_job())
+    until(lambda: api.status_view(second.request_id).progress == {"queue_position": 2}, "queue move not seen")
+    assert api.status_view(second.request_id).owner == "changed-behind-its-back"
+    # Another node claims and completes the first job: its entry is dropped on each change.
+    assert api.status_view(first.request_id).state == QueueState.IN_QUEUE
+    worker_node.claim_next("w", [EP])
+    until(lambda: api.status_view(first.request_id).state == QueueState.IN_PROGRESS, "claim not seen")
+    worker_node.complete(first.request_id, Outcome.ok({}))
+    until(lambda: api.status_view(first.request_id).state == QueueState.COMPLETED, "completion not seen")
+    # Its own writes are seen at once (no wait for the published message).
+    api.request_cancel(second.request_id)
+    assert api.status_view(second.request_id).state == QueueState.COMPLETED
+    raw.close()
+    api.close()
+    worker_node.close()
+
+
+def test_status_cache_is_dropped_while_redis_is_away(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        api = RedisJobStore(server.url)
+        job = api.submit(make_job())
+        api.status_view(job.request_id)
+        assert api._listener().subscribed.wait(10)
+        assert api.status_view(job.request_id).state == QueueState.IN_QUEUE
+        server.stop()
+        deadline = time.monotonic() + 10
+        while api._listener().subscribed.is_set():  # the listener notices the lost connection
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.start()
+        other = RedisJobStore(server.url)
+        assert other.claim_next("w", [EP]).request_id == job.request_id  # changed while nobody listened
+        assert api._listener().subscribed.wait(10)
+        assert api.status_view(job.request_id).state == QueueState.IN_PROGRESS
+        other.close()
+        api.close()
+    finally:
+        server.stop()
 
 
 def test_completed_jobs_get_a_ttl_on_all_their_keys(redis_url):
