@@ -10,7 +10,8 @@ Key layout, all under one prefix (default `ltx:`):
     logs:{rid}       list of JSON [message, level, timestamp]
     jobfiles:{rid}   set of the output file ids of a job (they expire with it)
     file:{fid}       hash: a stored file's record
-    webhook:{rid}    hash: the delivery (url, body, attempts, ...); webhooks:due zset rid -> next attempt time
+    webhook:{rid}    hash: the delivery (url, body, attempts, ..., the lease of the node delivering it);
+                     webhooks:due zset rid -> next attempt time
     expiry           zset "j:{rid}" / "f:{fid}" -> expires_at: what purge_expired deletes (and whose bytes it returns)
     done:ok, done:error, itimes   retained completed jobs (counts, inference times)
     counters         hash: the generation histogram (only grows)
@@ -33,6 +34,7 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable
@@ -60,7 +62,7 @@ _RANK_PRIORITY = {v: k for k, v in _PRIORITY_RANK.items()}
 # Completed jobs' keys outlive their expiry by this much, so purge_expired (which deletes them and returns their
 # files) normally runs first; the TTL only cleans up after deployments where no node runs housekeeping.
 TTL_GRACE_SECONDS = 3600
-# A webhook handed out by due_webhooks is not handed out again for this long (several nodes deliver; one wins).
+# A webhook handed out by due_webhooks is not handed to another node for this long (several nodes deliver; one wins).
 WEBHOOK_LEASE_SECONDS = 120.0
 # Connections per process (the API's thread pool, a worker's threads, housekeeping); more would only queue up inside
 # Redis, which runs commands one at a time.
@@ -156,19 +158,28 @@ redis.call('HSET', key, wid, cjson.encode({ready = ARGV[3] == '1', info = info, 
 return 1
 """
 
-# Hand out due deliveries and push each one's next attempt past a lease, so other nodes do not deliver it too.
+# Hand out due deliveries to this node, skipping those another node holds a lease on (it is delivering them); the
+# lease ends after a while, so a node that died mid-delivery does not keep them.
 _DUE_WEBHOOKS = """
-local p, now, limit, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local due = redis.call('ZRANGEBYSCORE', p .. 'webhooks:due', '-inf', now, 'LIMIT', 0, limit)
-local out = {}
-for _, rid in ipairs(due) do
-  local key = p .. 'webhook:' .. rid
-  local row = redis.call('HGETALL', key)
-  if #row == 0 then
-    redis.call('ZREM', p .. 'webhooks:due', rid)
-  else
-    if lease > 0 then redis.call('ZADD', p .. 'webhooks:due', now + lease, rid) end
-    table.insert(out, {rid, row})
+local p, now, limit, lease, me = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local out, offset = {}, 0
+while #out < limit do
+  local due = redis.call('ZRANGEBYSCORE', p .. 'webhooks:due', '-inf', now, 'LIMIT', offset, limit)
+  if #due == 0 then break end
+  offset = offset + #due
+  for _, rid in ipairs(due) do
+    local key = p .. 'webhook:' .. rid
+    local row = redis.call('HGETALL', key)
+    if #row == 0 then
+      redis.call('ZREM', p .. 'webhooks:due', rid)
+      offset = offset - 1
+    else
+      local holder = redis.call('HMGET', key, 'lease_owner', 'lease_until')
+      if (not holder[1]) or holder[1] == me or tonumber(holder[2]) <= now then
+        redis.call('HSET', key, 'lease_owner', me, 'lease_until', now + lease)
+        if #out < limit then table.insert(out, {rid, row}) end
+      end
+    end
   end
 end
 return out
@@ -235,6 +246,7 @@ class RedisJobStore(JobStore):
         self.url = url
         self.default_retention_seconds = default_retention_seconds
         self.k = _Keys(prefix)
+        self._node_id = uuid.uuid4().hex  # this store object, as the holder of webhook delivery leases
         # Bounded, blocking pools: a burst of requests waits for a free connection instead of failing (redis-py's
         # default pool raises "Too many connections"); a socket timeout so a Redis outage is an error, not a hang.
         self.r = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
@@ -578,7 +590,7 @@ class RedisJobStore(JobStore):
 
     def due_webhooks(self, now: float | None = None, limit: int = 20) -> list[WebhookDelivery]:
         now = time.time() if now is None else now
-        rows = self._due(args=[self.k.p, repr(now), limit, WEBHOOK_LEASE_SECONDS])
+        rows = self._due(args=[self.k.p, repr(now), limit, WEBHOOK_LEASE_SECONDS, self._node_id])
         out = []
         for rid, row in rows:
             out.append(self._delivery(rid, dict(zip(row[::2], row[1::2]))))
@@ -597,6 +609,7 @@ class RedisJobStore(JobStore):
                         return
                     pipe.multi()
                     pipe.hincrby(key, "attempts", 1)
+                    pipe.hdel(key, "lease_owner", "lease_until")
                     if ok:
                         pipe.hset(key, "delivered_at", repr(time.time()))
                         pipe.hdel(key, "last_error")
