@@ -1,16 +1,22 @@
 """Builds a node from Settings: the only module that knows every part (store backend, storage, API, workers).
 
-`ltxserve serve` runs the API with a supervisor and its worker processes (or, with --workers 0, the API alone);
-`ltxserve worker` runs one worker in the foreground. Both reach the same store, so they may live on different hosts.
+- `ltxserve serve`: the API, its housekeeping and webhook delivery, and a supervisor with one worker process per GPU;
+  with `--workers 0`, an API node alone (workers run elsewhere, as `ltxserve worker`, on the same store).
+- `ltxserve worker`: one worker in the foreground, a node of its own.
+Nodes share state only through the store (`--store`) and the files (`--files`), so they may live on several hosts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
+import uuid
 
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore
+from ltxserve.storage import FileStorage, storage_from_settings
 
 log = logging.getLogger("ltxserve.serve")
 
@@ -29,37 +35,91 @@ def build_store(settings: Settings) -> JobStore:
     raise ValueError(f"--store: expected sqlite or a redis:// URL, got {target!r}")
 
 
+def build_storage(settings: Settings) -> FileStorage:
+    """Where uploads and outputs live (`settings.files`, default DATA_DIR/files; a shared mount for several hosts)."""
+    return storage_from_settings(settings)
+
+
+# --- workers ------------------------------------------------------------------------------------------------------
+
 def run_worker_node(settings: Settings, worker_id: str, parent_pid: int | None = None) -> None:
-    """One worker, in this process, until SIGTERM (a supervisor's child, or `ltxserve worker`)."""
+    """One worker, in this process, until told to stop: a supervisor's child (parent_pid) or `ltxserve worker`."""
     from ltxserve.worker.runner import worker_main
 
-    worker_main(settings, worker_id, build_store(settings), parent_pid)
+    worker_main(settings, worker_id, build_store(settings), build_storage(settings), parent_pid)
+
+
+def worker(settings: Settings) -> None:
+    """`ltxserve worker`: one worker node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
+    from ltxserve.logs import configure_logging
+
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}-node"
+    configure_logging(settings.log_level, settings.log_format, f"worker[{worker_id}]")
+    if settings.gpu is not None:  # before anything loads CUDA: the worker sees only its GPU, as cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(settings.gpu)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log.info("worker node %s: store %s, files %s", worker_id, settings.store or settings.db_path, settings.files_dir)
+    run_worker_node(settings, worker_id)
+
+
+# --- the API node -------------------------------------------------------------------------------------------------
+
+class NodeServices:
+    """What runs beside the API in every `serve` node: housekeeping (deadlines, retention, lost workers) and webhook
+    delivery."""
+
+    def __init__(self, settings: Settings, store: JobStore, storage: FileStorage):
+        from ltxserve.jobs.housekeeping import Housekeeper
+        from ltxserve.jobs.webhooks import WebhookDeliverer
+
+        self.housekeeper = Housekeeper(store, storage.delete, lost_after_seconds=settings.worker_lost_after_seconds,
+                                       max_attempts=settings.max_attempts)
+        self.webhooks = WebhookDeliverer(store, settings)
+
+    def start(self) -> None:
+        self.housekeeper.start()
+        self.webhooks.start()
+
+    def stop(self) -> None:
+        self.housekeeper.stop()
+        self.webhooks.stop()
 
 
 def serve(settings: Settings) -> None:
-    """`ltxserve serve`: the API, with a supervisor and its worker processes, in one process tree."""
+    """`ltxserve serve`: the API with its workers in one process tree, or (`--workers 0`) the API node alone."""
     from ltxserve.api.app import create_app
     from ltxserve.api.server import (WORKER_GRACE_SECONDS, ConfigurationError, StoppingServer, check_exposure,
                                      uvicorn_config)
     from ltxserve.logs import configure_logging
-    from ltxserve.worker.supervisor import Supervisor, WorkersFailed
 
     configure_logging(settings.log_level, settings.log_format, "api")
     check_exposure(settings)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigurationError("--tls-cert and --tls-key go together")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.files_dir.mkdir(parents=True, exist_ok=True)
     store = build_store(settings)
-    app = create_app(settings, store)
-    server = StoppingServer(uvicorn_config(settings, app),
-                            on_exit=lambda: supervisor.stop(grace_seconds=WORKER_GRACE_SECONDS))
+    storage = build_storage(settings)
+    app = create_app(settings, store, storage=storage)
+    services = NodeServices(settings, store, storage)
+    supervisor = None
 
-    def stop_serving(reason: str) -> None:  # no worker can ever start: exit rather than queue jobs forever
-        server.should_exit = True
+    def stop_node() -> None:
+        if supervisor is not None:
+            supervisor.stop(grace_seconds=WORKER_GRACE_SECONDS)
+        services.stop()
 
-    supervisor = Supervisor(settings, store, on_give_up=stop_serving, worker_entry=run_worker_node)
-    supervisor.start()
+    server = StoppingServer(uvicorn_config(settings, app), on_exit=stop_node)
+    if settings.workers != 0:
+        from ltxserve.worker.supervisor import Supervisor
+
+        def stop_serving(reason: str) -> None:  # no worker can ever start: exit rather than queue jobs forever
+            server.should_exit = True
+
+        supervisor = Supervisor(settings, store, on_give_up=stop_serving, worker_entry=run_worker_node)
+        supervisor.start()
+    else:
+        log.info("API node only (--workers 0): jobs run on worker nodes (`ltxserve worker`) sharing this store")
+    services.start()
     log.info("ltxserve listening on %s (queue: %s/queue, run: %s/run)", settings.base_url(), settings.base_url(),
              settings.base_url())
     # uvicorn re-raises the SIGTERM it caught once it has drained; with the default action that would kill this
@@ -69,6 +129,8 @@ def serve(settings: Settings) -> None:
         server.run()
     finally:
         server.stop_workers()
-    if supervisor.failure:
+    if supervisor is not None and supervisor.failure:
+        from ltxserve.worker.supervisor import WorkersFailed
+
         supervisor.fail_queued_jobs(supervisor.failure)  # jobs submitted while the server was shutting down
         raise WorkersFailed(supervisor.failure)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
 import traceback
-import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -23,9 +21,10 @@ from ltxserve.config import Settings
 from ltxserve.engine.contract import Endpoint, EndpointError, JobCancelled, load_specs
 from ltxserve.engine.net import install_own_file_lookup
 from ltxserve.jobs.outcome import Outcome
-from ltxserve.jobs.store import Job, JobStore, StoredFile
+from ltxserve.jobs.store import Job, JobStore
 from ltxserve.logs import request_context
 from ltxserve.protocol import ErrorType, File
+from ltxserve.storage import FileStorage
 from ltxserve.stored_files import own_file_lookup
 
 log = logging.getLogger("ltxserve.worker")
@@ -42,16 +41,12 @@ def validation_error_body(exc: ValidationError) -> dict:
     return {"detail": detail}
 
 
-def file_url(settings: Settings, file_id: str, file_name: str) -> str:
-    return f"{settings.base_url()}/files/{file_id}/{file_name}"
-
-
 class StoreJobContext:
     """JobContext backed by the store: what the endpoint says becomes the job's logs, progress and files."""
 
-    def __init__(self, store: JobStore, settings: Settings, job: Job):
+    def __init__(self, store: JobStore, storage: FileStorage, job: Job):
         self.store = store
-        self.settings = settings
+        self.storage = storage
         self.job = job
         self.request_id = job.request_id
         self._last_cancel_check = 0.0
@@ -69,37 +64,25 @@ class StoreJobContext:
         return self._cancelled
 
     def save_file(self, data: bytes | Path, file_name: str, content_type: str) -> File:
-        file_id = uuid.uuid4().hex
-        safe_name = Path(file_name).name or "output.bin"
-        folder = self.settings.files_dir / file_id
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / safe_name
-        if isinstance(data, (bytes, bytearray)):
-            target.write_bytes(data)
-        else:
-            shutil.move(str(data), target)
-        size = target.stat().st_size
-        self.store.add_file(
-            StoredFile(
-                file_id=file_id, path=f"{file_id}/{safe_name}", content_type=content_type, file_name=safe_name,
-                file_size=size, created_at=time.time(), request_id=self.request_id,
-            )
-        )
-        return File(url=file_url(self.settings, file_id, safe_name), content_type=content_type,
-                    file_name=safe_name, file_size=size)
+        record = self.storage.save(data, file_name, content_type, request_id=self.request_id)
+        self.store.add_file(record)  # indexed: it expires with this job
+        return File(url=self.storage.url_for(record), content_type=content_type, file_name=record.file_name,
+                    file_size=record.file_size)
 
 
 class Worker:
-    def __init__(self, settings: Settings, worker_id: str, store: JobStore):
+    def __init__(self, settings: Settings, worker_id: str, store: JobStore, storage: FileStorage):
         self.settings = settings
         self.worker_id = worker_id
         self.store = store
+        self.storage = storage
         self.specs = {s.endpoint_id: s for s in load_specs(settings.endpoints)}
         self.endpoints: dict[str, Endpoint] = {}
         self._stop = threading.Event()
         self._ready = False
+        self.current: str | None = None  # the request id of the job in hand
         # Input URLs naming this server's files are read by id through the store (never a path from the URL).
-        install_own_file_lookup(own_file_lookup(self.store, settings.files_dir, settings.base_url()))
+        install_own_file_lookup(own_file_lookup(self.store, storage))
 
     def build_endpoints(self) -> None:
         for endpoint_id, spec in self.specs.items():
@@ -122,7 +105,7 @@ class Worker:
 
     def _run_job(self, job: Job) -> None:
         spec = self.specs[job.endpoint_id]
-        ctx = StoreJobContext(self.store, self.settings, job)
+        ctx = StoreJobContext(self.store, self.storage, job)
         started = time.perf_counter()
         try:
             inp: BaseModel = spec.input_model.model_validate(job.input)
@@ -163,10 +146,23 @@ class Worker:
                 continue
             idle = poll_interval
             log.info("worker %s: running %s (attempt %d)", self.worker_id, job.request_id, job.attempts)
-            self.run_job(job)
+            self.current = job.request_id
+            try:
+                self.run_job(job)
+            finally:
+                self.current = None
 
     def stop(self) -> None:
         self._stop.set()
+
+    def release_held_jobs(self, reason: str) -> list[str]:
+        """Put back what this worker holds, as a retry that is not counted against the job, and forget the worker."""
+        return self.store.release_worker_jobs(self.worker_id, reason, self.settings.max_attempts + 1)
+
+
+# A worker node told to stop (SIGTERM, Ctrl-C) finishes the job in hand if it can within this grace, else puts it back
+# in the queue and exits: inside docker's 10 s between SIGTERM and SIGKILL.
+STOP_GRACE_SECONDS = 8.0
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -177,11 +173,38 @@ def _die_with_parent(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def worker_main(settings: Settings, worker_id: str, store: JobStore, parent_pid: int | None = None) -> None:
-    """Run one worker until SIGTERM (the wiring module builds the store and calls this in the worker's process)."""
+def worker_main(settings: Settings, worker_id: str, store: JobStore, storage: FileStorage,
+                parent_pid: int | None = None) -> None:
+    """Run one worker until SIGTERM (the wiring module builds the store and storage and calls this)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{worker_id}] %(levelname)s %(message)s")
     if parent_pid is not None:
         threading.Thread(target=_die_with_parent, args=(parent_pid,), daemon=True).start()
-    worker = Worker(settings, worker_id, store)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    worker.serve_forever()
+    worker = Worker(settings, worker_id, store, storage)
+    if parent_pid is not None:  # a supervisor's child: the supervisor handles the job in hand when it stops us
+        signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+        worker.serve_forever()
+        return
+    # A worker node on its own (`ltxserve worker`): nobody else will put its job back if it is told to stop.
+    def give_up_after_grace() -> None:
+        if worker.current is not None and not _stopped.wait(STOP_GRACE_SECONDS):
+            log.warning("job %s did not finish within %g s of the stop signal; putting it back in the queue",
+                        worker.current, STOP_GRACE_SECONDS)
+            worker.release_held_jobs("worker node stopped while the job ran")
+            os._exit(0)
+
+    _stopped = threading.Event()
+
+    def on_stop(*_) -> None:
+        if not worker._stop.is_set():
+            log.info("worker %s: stopping (finishing the job in hand, if any)", worker_id)
+            worker.stop()
+            threading.Thread(target=give_up_after_grace, name="stop-grace", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    try:
+        worker.serve_forever()
+    finally:
+        _stopped.set()
+        worker.release_held_jobs("worker node stopped")
+    log.info("worker %s: stopped", worker_id)

@@ -1,8 +1,9 @@
-"""Starts the worker processes, restarts the ones that die, and keeps the store tidy.
+"""Starts the worker processes and restarts the ones that die.
 
 A worker's death (crash, OOM kill, kill -9) never loses its job: the job goes back to the queue once, then completes
-with an error saying what happened. Jobs held by workers of a previous server (killed -9) are found by their stale
-heartbeats and treated the same way. Housekeeping (start deadlines, retention) and webhook delivery run here too.
+with an error saying what happened. The supervisor sees its children exit and releases their jobs at once; jobs held
+by workers it does not own (a previous server killed -9, a worker node on another host) are found by their stale
+heartbeats by the node's housekeeping (jobs/housekeeping.py), as are start deadlines and retention.
 
 Fail fast: a worker that dies before its model is loaded (a missing path, unverifiable weights) sends the reason back
 over a pipe. The supervisor publishes it in the store (so /readyz shows it), retries a bounded number of times
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -28,7 +28,6 @@ from ltxserve.config import Settings
 from ltxserve.gpus import nvidia_gpu_indices
 from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.store import JobStore
-from ltxserve.jobs.webhooks import WebhookDeliverer
 from ltxserve.logs import configure_logging
 
 log = logging.getLogger("ltxserve.supervisor")
@@ -129,7 +128,6 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._prefix = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.webhooks = WebhookDeliverer(store, settings)
 
     # --- workers --------------------------------------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
@@ -258,25 +256,6 @@ class Supervisor:
             failed.append(job.request_id)
         return failed
 
-    def _release_orphans(self) -> None:
-        """Jobs IN_PROGRESS under a worker that is neither ours nor alive (a previous server killed -9)."""
-        ours = {s.worker_id for s in self.slots if s.process is not None}
-        max_age = max(3 * self.settings.worker_heartbeat_seconds, 10.0)
-        live = {w["worker_id"] for w in self.store.live_workers(max_age)}
-        for worker_id in self.store.in_progress_workers():
-            if worker_id in ours or worker_id in live:
-                continue
-            released = self.store.release_worker_jobs(
-                worker_id, "worker lost (no heartbeat; the server or worker was killed)", self.settings.max_attempts
-            )
-            if released:
-                log.warning("recovered jobs of lost worker %s: %s", worker_id, released)
-
-    def _housekeeping(self) -> None:
-        self.store.expire_start_deadlines()
-        for f in self.store.purge_expired():
-            shutil.rmtree(self.settings.files_dir / f.file_id, ignore_errors=True)
-
     def _loop(self) -> None:
         last_housekeeping = 0.0
         while not self._stop.is_set():
@@ -285,8 +264,6 @@ class Supervisor:
                 now = time.time()
                 if now - last_housekeeping >= 1.0:
                     self._refresh_slots()
-                    self._release_orphans()
-                    self._housekeeping()
                     last_housekeeping = now
             except Exception:
                 log.exception("supervisor loop error")
@@ -296,7 +273,6 @@ class Supervisor:
     def start(self) -> None:
         for slot in self.slots:
             self._spawn(slot)
-        self.webhooks.start()
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
 
@@ -320,4 +296,3 @@ class Supervisor:
             if slot.worker_id:
                 self.store.release_worker_jobs(slot.worker_id, "server stopped while the job ran",
                                                self.settings.max_attempts + 1)
-        self.webhooks.stop()

@@ -12,6 +12,7 @@ from ltxserve.config import Settings
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 from ltxserve.protocol import QueueState
+from ltxserve.storage import storage_from_settings
 from ltxserve.worker.runner import Worker
 from tests.worker.endpoints import STEPS_ID
 
@@ -22,7 +23,7 @@ SPEC = "tests.worker.endpoints:STEPS"
 def worker(tmp_path):
     settings = Settings(data_dir=tmp_path, endpoints=[SPEC], public_url="http://files.example:9000/")
     store = SqliteJobStore(settings.db_path)
-    w = Worker(settings, "w-test", store=store)
+    w = Worker(settings, "w-test", store, storage_from_settings(settings))
     w.build_endpoints()
     yield w
     store.close()
@@ -50,7 +51,8 @@ def test_job_completes_with_result_logs_and_file(worker):
     file_id = f["url"].split("/")[-2]
     stored = worker.store.get_file(file_id)
     assert stored.request_id == rid and stored.file_size == 5
-    assert (worker.settings.files_dir / stored.path).read_text() == "olleh"
+    assert (worker.settings.files_dir / stored.path).read_text() == "olleh"  # the default layout: <id>/<name>
+    assert worker.storage.path_for(stored).read_text() == "olleh"
     assert [e.message for e in worker.store.logs(rid)] == ["step 1/2", "step 2/2"]
     assert worker.store.get(rid).progress == {"step": 2, "total": 2, "stage": "steps"}
     assert worker.store.live_workers(60)[0]["ready"]

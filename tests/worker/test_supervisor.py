@@ -94,13 +94,22 @@ def test_job_whose_worker_dies_twice_completes_with_error(running):
 
 
 def test_start_recovers_jobs_left_in_progress_by_a_killed_server(running):
+    from ltxserve.jobs.housekeeping import Housekeeper
+
     settings, store, sup = running
     rid = submit(store, text="orphan")
     assert store.claim_next("old-server-w0", [STEPS_ID]).request_id == rid
     store.heartbeat("old-server-w0", ready=True)
     store._db().execute("UPDATE workers SET seen_at = seen_at - 3600")  # its last heartbeat is long gone
+    # The node's housekeeping (run beside the supervisor by `serve`) reaps workers whose heartbeat stopped.
+    housekeeper = Housekeeper(store, lambda f: None, lost_after_seconds=settings.worker_lost_after_seconds,
+                              max_attempts=settings.max_attempts)
     sup.start()
-    job = wait_for(lambda: (j := store.get(rid)).state == QueueState.COMPLETED and j, what="completion")
+    housekeeper.start()
+    try:
+        job = wait_for(lambda: (j := store.get(rid)).state == QueueState.COMPLETED and j, what="completion")
+    finally:
+        housekeeper.stop()
     assert job.error is None and job.result["reversed"] == "orphan"[::-1] and job.attempts == 2
     assert job.worker_id != "old-server-w0"
 
