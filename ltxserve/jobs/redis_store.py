@@ -16,6 +16,7 @@ Key layout, all under one prefix (default `ltx:`):
     done:ok, done:error, itimes   retained completed jobs (counts, inference times)
     counters         hash: the generation histogram (only grows)
     workers          hash worker id -> JSON {ready, info, seen_at}: heartbeats (a worker's lease on its jobs)
+    claim:{token}    the job one claim call took (5 min): the same call retried after a lost reply gets it again
     ch:{rid}         pub/sub channel: a message on every change of the job (state, progress, log, cancel)
     queue-moved      pub/sub channel: a message whenever a job enters or leaves the queue (positions changed)
 
@@ -41,7 +42,9 @@ from typing import Any, AsyncIterator, Callable
 
 import redis
 from redis.client import PubSub
-from redis.exceptions import WatchError
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, WatchError
+from redis.retry import Retry
 
 from ltxserve.jobs.lifecycle import expires_at, final_outcome, release_decision
 from ltxserve.jobs.outcome import Outcome
@@ -72,13 +75,27 @@ STATUS_CACHE_SECONDS = 2.0
 STATUS_CACHE_ENTRIES = 100_000
 _STATE_NAMES = frozenset(s.value for s in QueueState)
 
+
+def _restart_retry() -> Retry:
+    """Ride out a Redis restart (reconnect, AOF loading) of up to about RESTART_WINDOW_SECONDS: commands are sent
+    again on a new connection. Scripts that change state carry a token so that a command whose reply was lost is not
+    applied twice; a transaction whose EXEC may have run is re-read and decided again (WATCH)."""
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(RESTART_WINDOW_SECONDS))
+
+
+RESTART_WINDOW_SECONDS = 20
+
 _SUBMIT = """
 local p, rid = ARGV[1], ARGV[2]
 local key = p .. 'job:' .. rid
-if redis.call('EXISTS', key) == 1 then return redis.error_reply('duplicate request id ' .. rid) end
+if redis.call('EXISTS', key) == 1 then
+  -- The same call sent again after a lost reply (the client retries over a reconnect) is a success.
+  if redis.call('HGET', key, 'submit_token') == ARGV[6] then return redis.call('HGET', key, 'seq') end
+  return redis.error_reply('duplicate request id ' .. rid)
+end
 local seq = redis.call('INCR', p .. 'seq')
 local score = tonumber(ARGV[3]) * 1099511627776 + seq
-redis.call('HSET', key, 'seq', seq, 'score', score, unpack(ARGV, 6))
+redis.call('HSET', key, 'seq', seq, 'score', score, 'submit_token', ARGV[6], unpack(ARGV, 7))
 redis.call('ZADD', p .. 'queue', score, rid)
 redis.call('ZADD', p .. 'queue:' .. ARGV[4], score, rid)
 if ARGV[5] ~= '' then redis.call('ZADD', p .. 'deadlines', ARGV[5], rid) end
@@ -100,10 +117,13 @@ return v
 # Claim the first queued job (by score) of these endpoints; queued jobs whose start deadline passed are skipped and
 # returned so the caller times them out (its completion applies the lifecycle rules, like every other completion).
 _CLAIM = """
-local p, worker, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local p, worker, now, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+-- The same claim sent again after a lost reply answers the job it claimed the first time.
+local prior = redis.call('GET', p .. 'claim:' .. token)
+if prior then return {{}, redis.call('HGETALL', p .. 'job:' .. prior)} end
 local best, best_score, best_ep = nil, nil, nil
 local late = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local q = p .. 'queue:' .. ARGV[i]
   local offset = 0
   while true do
@@ -133,6 +153,7 @@ redis.call('ZREM', p .. 'queue', best)
 redis.call('ZREM', p .. 'queue:' .. best_ep, best)
 redis.call('ZREM', p .. 'deadlines', best)
 redis.call('HSET', p .. 'running', best, worker)
+redis.call('SET', p .. 'claim:' .. token, best, 'EX', 300)
 redis.call('PUBLISH', p .. 'ch:' .. best, 'IN_PROGRESS')
 redis.call('PUBLISH', p .. 'queue-moved', best)
 return {late, redis.call('HGETALL', key)}
@@ -251,7 +272,8 @@ class RedisJobStore(JobStore):
         # default pool raises "Too many connections"); a socket timeout so a Redis outage is an error, not a hang.
         self.r = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             url, max_connections=SYNC_CONNECTIONS, timeout=30, decode_responses=True, socket_timeout=30,
-            socket_connect_timeout=5, health_check_interval=30))
+            socket_connect_timeout=5, health_check_interval=30, retry=_restart_retry(),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError, BusyLoadingError]))
         self._submit = self.r.register_script(_SUBMIT)
         self._status = self.r.register_script(_STATUS)
         self._claim = self.r.register_script(_CLAIM)
@@ -306,7 +328,7 @@ class RedisJobStore(JobStore):
         flat = [str(x) for kv in fields.items() for x in kv]
         deadline = "" if job.start_deadline is None else repr(job.start_deadline)
         self._submit(args=[self.k.p, job.request_id, _PRIORITY_RANK[Priority(job.priority)], job.endpoint_id,
-                           deadline, *flat])
+                           deadline, uuid.uuid4().hex, *flat])
         self._changed_here(job.request_id)
         return job
 
@@ -351,7 +373,7 @@ class RedisJobStore(JobStore):
         if not endpoint_ids:
             return None
         now = time.time()
-        late, row = self._claim(args=[self.k.p, worker_id, repr(now), *endpoint_ids])
+        late, row = self._claim(args=[self.k.p, worker_id, repr(now), uuid.uuid4().hex, *endpoint_ids])
         job = self._job(dict(zip(row[::2], row[1::2]))) if row else None
         if job is not None:
             self._changed_here(job.request_id)

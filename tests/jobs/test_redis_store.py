@@ -227,3 +227,36 @@ def test_redis_restart_with_aof_keeps_every_accepted_job(tmp_path):
         store.close()
     finally:
         server.stop()
+
+
+def test_calls_during_a_redis_restart_wait_for_it_and_none_is_lost(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        store = RedisJobStore(server.url)
+        submitted: list[str] = []
+        started_at: list[float] = []
+        restarted = threading.Event()
+        outage: dict[str, float] = {}
+
+        def restart() -> None:
+            server.stop()  # SIGTERM: AOF fsynced; the port refuses connections until start() below
+            outage["down"] = time.monotonic()
+            server.start()
+            outage["up"] = time.monotonic()
+            restarted.set()
+
+        store.submit(make_job())  # connected before the restart
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        while not restarted.is_set() or len(submitted) < 20:  # submits keep going through the outage
+            started_at.append(time.monotonic())
+            submitted.append(store.submit(make_job()).request_id)
+        restarter.join(30)
+        # Some calls were made while Redis was down: they waited for it rather than failing.
+        assert any(outage["down"] <= t <= outage["up"] for t in started_at)
+        assert all(store.get(rid) is not None for rid in submitted)
+        claimed = {store.claim_next("w", [EP]).request_id for _ in range(len(submitted) + 1)}
+        assert set(submitted) <= claimed
+        store.close()
+    finally:
+        server.stop()
