@@ -4,6 +4,7 @@ rather than skipping them, so a green run always means the Redis store was teste
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -23,7 +24,9 @@ def _free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    """redis-server, or the server REDIS_SERVER names (e.g. /usr/bin/valkey-server: the suite runs on Valkey too)."""
+    path = (os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+            or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None))
     if path is None:
         raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server; .ci/run does)")
     return path
