@@ -7,7 +7,7 @@ SQLite store (one worker each, test endpoints) and a bare FastAPI app under the 
 
 - status p50/p99 with N concurrent pollers on a queued job (the worker is kept busy), Redis node vs bare route (and
   the SQLite node), alternating phases so machine noise hits all of them; wrk drives the load when installed;
-- submit throughput (requests/s at a fixed concurrency) on each node and on POST /bare;
+- submit throughput (requests/s at a fixed concurrency, wrk POSTing when installed) on each node and POST /bare;
 - claim latency: claim_next on a warm store (N queued jobs), Redis vs SQLite, in this process.
 Loopback only; bounded in time and count.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -56,10 +57,33 @@ def queued_status_url(base: str, busy_seconds: float) -> str:
     return queued["status_url"] + "?logs=0"
 
 
-def throughput(base_url: str, body: dict, count: int, concurrency: int) -> tuple[float, list[float]]:
+def throughput(url: str, body: dict, count: int, concurrency: int, use_wrk: bool, seconds: float,
+               folder: Path) -> tuple[float, float, float]:
+    """Submits per second, p50 and p99 (seconds): wrk POSTing for `seconds`, else `count` httpx submits."""
+    if use_wrk:
+        script = folder / "post.lua"
+        script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                          f"wrk.body = '{json.dumps(body)}'\n")
+        out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency", "-s", str(script),
+                              url], capture_output=True, text=True, check=True).stdout
+        rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+        assert "Non-2xx" not in out, out
+        dist = wrk_latencies(out)
+        return rate, dist["50%"], dist["99%"]
     t0 = time.perf_counter()
-    lat = asyncio.run(submit_phase(base_url, body, count, concurrency))
-    return count / (time.perf_counter() - t0), lat
+    lat = asyncio.run(submit_phase(url, body, count, concurrency))
+    return count / (time.perf_counter() - t0), pct(lat, 50), pct(lat, 99)
+
+
+def wrk_latencies(out: str) -> dict[str, float]:
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    result = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            unit = next(u for u in ("us", "ms", "s") if parts[1].endswith(u))
+            result[parts[0]] = float(parts[1][: -len(unit)]) * units[unit]
+    return result
 
 
 def claim_latency(store, count: int) -> list[float]:
@@ -83,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pollers", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=8.0, help="per polling phase (2 phases per target)")
-    ap.add_argument("--submits", type=int, default=1000)
+    ap.add_argument("--submits", type=int, default=1000, help="without wrk: submits per target")
     ap.add_argument("--submit-concurrency", type=int, default=20)
     ap.add_argument("--claims", type=int, default=1000)
     args = ap.parse_args()
@@ -115,9 +139,10 @@ def main() -> None:
                 runs[name].append(wrk_phase(url, args.pollers, args.seconds) if use_wrk
                                   else _summarise(asyncio.run(poll_phase(url, args.pollers, args.seconds))))
         submit_body = {"steps": 1, "seconds_per_step": 0}
-        rates = {name: throughput(f"{base[name]}/queue/test/steps", submit_body, args.submits,
-                                  args.submit_concurrency) for name in ("redis", "sqlite")}
-        rates["bare"] = throughput(base["bare"] + "/bare", submit_body, args.submits, args.submit_concurrency)
+        submit_urls = {"redis": f"{base['redis']}/queue/test/steps", "sqlite": f"{base['sqlite']}/queue/test/steps",
+                       "bare": base["bare"] + "/bare"}
+        rates = {name: throughput(url, submit_body, args.submits, args.submit_concurrency, use_wrk, args.seconds,
+                                  tmp) for name, url in submit_urls.items()}
     finally:
         for p in procs:
             try:
@@ -149,11 +174,12 @@ def main() -> None:
         print(f"  {label:<28} p50 {p50:7.2f} ms  p99 {p99[name]:7.2f} ms  ({n / (len(r) * args.seconds):.0f} req/s)")
     print(f"  status p99 ratio vs bare: Redis {p99['redis'] / p99['bare']:.2f}x (goal <= 1.5x), "
           f"SQLite {p99['sqlite'] / p99['bare']:.2f}x")
-    print(f"{args.submits} submits at concurrency {args.submit_concurrency}")
+    print(f"submits at concurrency {args.submit_concurrency} "
+          f"({f'wrk, {args.seconds:.0f} s each' if use_wrk else f'httpx, {args.submits} each'})")
     for name, label in (("redis", "POST submit (Redis store)"), ("sqlite", "POST submit (SQLite store)"),
                         ("bare", "POST /bare (bare FastAPI)")):
-        rate, lat = rates[name]
-        print(f"  {label:<28} {rate:7.0f} req/s  p50 {pct(lat, 50) * 1000:7.2f} ms  p99 {pct(lat, 99) * 1000:7.2f} ms")
+        rate, p50, p99 = rates[name]
+        print(f"  {label:<28} {rate:7.0f} req/s  p50 {p50 * 1000:7.2f} ms  p99 {p99 * 1000:7.2f} ms")
     print(f"  submit throughput ratio: Redis/bare {rates['redis'][0] / rates['bare'][0]:.2f}, "
           f"Redis/SQLite {rates['redis'][0] / rates['sqlite'][0]:.2f}")
     print(f"claim_next on a warm store ({args.claims} claims, {args.claims + 50} queued at the start)")
