@@ -42,7 +42,7 @@ class Settings(BaseSettings):
 
     # --- jobs ----------------------------------------------------------------------------------------------------
     store: str | None = Field(
-        default=None, description="Job store: unset (or sqlite) = the SQLite file under the data dir; "
+        default=None, pattern=r"^(sqlite|(redis|rediss|unix)://.+)$", description="Job store: unset (or sqlite) = the SQLite file under the data dir; "
         "redis://HOST:PORT/DB = a Redis server shared by API and worker nodes on several hosts.",
     )
     files: Path | None = Field(

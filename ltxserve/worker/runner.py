@@ -92,7 +92,7 @@ class Worker:
         self.store.heartbeat(self.worker_id, ready=True, info={"pid": os.getpid(), "endpoints": list(self.specs)})
 
     def _heartbeats(self) -> None:
-        # A separate store connection per thread (SqliteJobStore is thread-local already).
+        # JobStore methods are safe from several threads (a backend keeps a connection per thread if it needs one).
         while not self._stop.wait(self.settings.worker_heartbeat_seconds):
             try:
                 self.store.heartbeat(self.worker_id, ready=self._ready, info={"pid": os.getpid()})
