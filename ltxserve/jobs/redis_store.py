@@ -26,6 +26,10 @@ a MULTI/EXEC that fails and is retried if anything touched the job in between. C
 (their expiry plus a grace period) on all their keys as a backstop, so Redis never keeps them forever even where no
 node runs housekeeping; normally purge_expired deletes them first and hands back the files to delete from disk.
 
+Every change is published (ch:{rid}, queue-moved). An API process subscribes once, on a thread: it keeps the status
+answers it has read until their job or the queue ahead of them changes (pollers cost Redis nothing on repeats), and it
+wakes the status streams waiting on a job (`changes`; see jobs/changes.py) instead of their polling.
+
 Not for Redis Cluster (scripts touch keys they compute); one Redis or Valkey primary, with AOF for durability.
 """
 
@@ -41,8 +45,8 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable
 
 import redis
-from redis.client import PubSub
 from redis.backoff import ExponentialBackoff
+from redis.client import PubSub
 from redis.exceptions import BusyLoadingError, WatchError
 from redis.retry import Retry
 
@@ -228,8 +232,20 @@ def _json(value: str | None) -> Any:
 
 
 class _Keys:
+    """The key names (see the module docstring), under one prefix."""
+
     def __init__(self, prefix: str):
         self.p = prefix
+        self.deadlines = f"{prefix}deadlines"
+        self.running = f"{prefix}running"
+        self.expiry = f"{prefix}expiry"
+        self.webhooks_due = f"{prefix}webhooks:due"
+        self.done_ok = f"{prefix}done:ok"
+        self.done_error = f"{prefix}done:error"
+        self.itimes = f"{prefix}itimes"
+        self.counters = f"{prefix}counters"
+        self.workers = f"{prefix}workers"
+        self.queue_moved = f"{prefix}queue-moved"  # a pub/sub channel
 
     def job(self, rid: str) -> str:
         return f"{self.p}job:{rid}"
@@ -251,13 +267,6 @@ class _Keys:
 
     def channel(self, rid: str) -> str:
         return f"{self.p}ch:{rid}"
-
-    @property
-    def queue_moved(self) -> str:
-        return f"{self.p}queue-moved"
-
-    def __getattr__(self, name: str) -> str:  # the fixed keys: deadlines, running, expiry, counters, ...
-        return self.p + name.replace("_", ":")
 
 
 class RedisJobStore(JobStore):
