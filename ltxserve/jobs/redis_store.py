@@ -84,7 +84,9 @@ def _restart_retry() -> Retry:
     """Ride out a Redis restart (reconnect, AOF loading) of up to about RESTART_WINDOW_SECONDS: commands are sent
     again on a new connection. Scripts that change state carry a token so that a command whose reply was lost is not
     applied twice; a transaction whose EXEC may have run is re-read and decided again (WATCH)."""
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(RESTART_WINDOW_SECONDS))
+    # Not on timeouts: a Redis that hangs is an error after socket_timeout, not after that many times over.
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(RESTART_WINDOW_SECONDS),
+                 supported_errors=(redis.ConnectionError, BusyLoadingError))
 
 
 RESTART_WINDOW_SECONDS = 20
@@ -277,12 +279,11 @@ class RedisJobStore(JobStore):
         self.default_retention_seconds = default_retention_seconds
         self.k = _Keys(prefix)
         self._node_id = uuid.uuid4().hex  # this store object, as the holder of webhook delivery leases
-        # Bounded, blocking pools: a burst of requests waits for a free connection instead of failing (redis-py's
-        # default pool raises "Too many connections"); a socket timeout so a Redis outage is an error, not a hang.
+        # A bounded, blocking pool: a burst of requests waits for a free connection instead of failing (redis-py's
+        # default pool raises "Too many connections"); a socket timeout so a hung Redis is an error, not a hang.
         self.r = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            url, max_connections=SYNC_CONNECTIONS, timeout=30, decode_responses=True, socket_timeout=30,
-            socket_connect_timeout=5, health_check_interval=30, retry=_restart_retry(),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError, BusyLoadingError]))
+            url, max_connections=SYNC_CONNECTIONS, timeout=30, decode_responses=True, socket_timeout=10,
+            socket_connect_timeout=5, health_check_interval=30, retry=_restart_retry()))
         self._submit = self.r.register_script(_SUBMIT)
         self._status = self.r.register_script(_STATUS)
         self._claim = self.r.register_script(_CLAIM)
