@@ -392,7 +392,7 @@ class RedisJobStore(JobStore):
         return job
 
     def _complete(self, request_id: str, outcome: Outcome, *, only_from: QueueState | None = None,
-                  log: tuple[str, str] | None = None) -> bool:
+                  log: tuple[str, str] | None = None, held_by: str | None = None) -> bool:
         """Complete under WATCH: the lifecycle rules decide on what the job holds at this moment."""
 
         def decide(pipe, f: dict[str, str | None]) -> bool:
@@ -400,6 +400,8 @@ class RedisJobStore(JobStore):
                 return False
             if only_from is not None and f["state"] != only_from.value:
                 return False
+            if held_by is not None and (f["state"] != QueueState.IN_PROGRESS.value or f["worker_id"] != held_by):
+                return False  # no longer this worker's job (see JobStore.complete)
             files = pipe.smembers(self.k.jobfiles(request_id))
             pipe.multi()
             if log is not None:
@@ -477,8 +479,8 @@ class RedisJobStore(JobStore):
         if f["state"] == QueueState.IN_QUEUE.value:
             pipe.publish(self.k.queue_moved, rid)
 
-    def complete(self, request_id: str, outcome: Outcome) -> bool:
-        return self._complete(request_id, outcome)
+    def complete(self, request_id: str, outcome: Outcome, *, worker_id: str | None = None) -> bool:
+        return self._complete(request_id, outcome, held_by=worker_id)
 
     def request_cancel(self, request_id: str) -> str:
         def decide(pipe, f: dict[str, str | None]) -> str:

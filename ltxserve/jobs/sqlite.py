@@ -272,12 +272,16 @@ class SqliteJobStore(JobStore):
     def _complete_timed_out(self, db: sqlite3.Connection, request_id: str, now: float) -> None:
         self._complete_in(db, request_id, now, Outcome.timed_out())
 
-    def _complete_in(self, db: sqlite3.Connection, request_id: str, now: float, outcome: Outcome) -> bool:
+    def _complete_in(self, db: sqlite3.Connection, request_id: str, now: float, outcome: Outcome,
+                     worker_id: str | None = None) -> bool:
         row = db.execute(
-            "SELECT state, retention_seconds, cancel_requested FROM jobs WHERE request_id = ?", (request_id,)
+            "SELECT state, retention_seconds, cancel_requested, worker_id FROM jobs WHERE request_id = ?",
+            (request_id,),
         ).fetchone()
         if row is None or row["state"] == QueueState.COMPLETED.value:
             return False
+        if worker_id is not None and (row["state"] != QueueState.IN_PROGRESS.value or row["worker_id"] != worker_id):
+            return False  # no longer this worker's job (see JobStore.complete)
         # Same transaction as the check in request_cancel, so a cancel answered 202 and a late result never both win.
         outcome = final_outcome(outcome, bool(row["cancel_requested"]))
         expiry = expires_at(now, row["retention_seconds"], self.default_retention_seconds)
@@ -300,9 +304,9 @@ class SqliteJobStore(JobStore):
             )
         return True
 
-    def complete(self, request_id: str, outcome: Outcome) -> bool:
+    def complete(self, request_id: str, outcome: Outcome, *, worker_id: str | None = None) -> bool:
         with self._tx(immediate=True) as db:
-            return self._complete_in(db, request_id, time.time(), outcome)
+            return self._complete_in(db, request_id, time.time(), outcome, worker_id)
 
     def request_cancel(self, request_id: str) -> str:
         with self._tx(immediate=True) as db:

@@ -133,9 +133,13 @@ class JobStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def complete(self, request_id: str, outcome: Outcome) -> bool:
+    def complete(self, request_id: str, outcome: Outcome, *, worker_id: str | None = None) -> bool:
         """Move to COMPLETED (from IN_QUEUE or IN_PROGRESS) with `lifecycle.final_outcome(outcome, cancel flag)`;
-        False if it already was (or is unknown). Enqueues the webhook in the same transaction."""
+        False if it already was (or is unknown). Enqueues the webhook in the same transaction.
+
+        With `worker_id` (a worker reporting its result) the completion applies only while that worker still holds
+        the job: a worker that was taken for lost, whose job went back to the queue or to another worker, cannot
+        overwrite what the job's current holder will report."""
 
     @abc.abstractmethod
     def request_cancel(self, request_id: str) -> str:

@@ -130,9 +130,31 @@ class Worker:
             outcome = Outcome.failed(message, ErrorType.INTERNAL_ERROR.value,
                                      {"detail": message, "error_type": ErrorType.INTERNAL_ERROR.value}, 500)
         elapsed = time.perf_counter() - started
-        self.store.complete(job.request_id, outcome.with_time(elapsed))
+        if not self._report(job.request_id, outcome.with_time(elapsed)):
+            return
         log.info("job finished in %.1f s: %s", elapsed,
                  f"{outcome.error_type}: {outcome.error}" if outcome.is_error else "ok")
+
+    def _report(self, request_id: str, outcome: Outcome) -> bool:
+        """Store the outcome while this worker still holds the job, riding out a store that is briefly away.
+        If the store stays away, the job is not lost: its holder is reaped and the job retried elsewhere."""
+        delay = 0.5
+        deadline = time.monotonic() + STORE_OUTAGE_PATIENCE_SECONDS
+        while True:
+            try:
+                if not self.store.complete(request_id, outcome, worker_id=self.worker_id):
+                    log.warning("job %s is no longer held by this worker (taken for lost, cancelled or completed "
+                                "elsewhere): its outcome is dropped", request_id)
+                    return False
+                return True
+            except Exception:
+                if time.monotonic() > deadline:
+                    log.exception("could not store the outcome of %s; the job will be retried by another worker",
+                                  request_id)
+                    return False
+                log.warning("the store is unreachable; retrying the outcome of %s in %.1f s", request_id, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def serve_forever(self, poll_interval: float = 0.05) -> None:
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
@@ -146,8 +168,16 @@ class Worker:
         self.build_endpoints()
         endpoint_ids = list(self.endpoints)
         idle = poll_interval
+        outage = 0.5
         while not self._stop.is_set():
-            job = self.store.claim_next(self.worker_id, endpoint_ids)
+            try:
+                job = self.store.claim_next(self.worker_id, endpoint_ids)
+            except Exception as exc:  # the store is away (a Redis restart, a network cut): wait for it, don't exit
+                log.warning("claiming failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, outage)
+                self._stop.wait(outage)
+                outage = min(outage * 2, 10.0)
+                continue
+            outage = 0.5
             if job is None:
                 # Back off gently while idle; a claim is one indexed query.
                 self._stop.wait(idle)
@@ -168,6 +198,9 @@ class Worker:
         """Put back what this worker holds, as a retry that is not counted against the job, and forget the worker."""
         return self.store.release_worker_jobs(self.worker_id, reason, self.settings.max_attempts + 1)
 
+
+# How long a finished job's outcome is retried against an unreachable store before the job is left to be retried.
+STORE_OUTAGE_PATIENCE_SECONDS = 120.0
 
 # A worker node told to stop (SIGTERM, Ctrl-C) finishes the job in hand if it can within this grace, else puts it back
 # in the queue and exits: inside docker's 10 s between SIGTERM and SIGKILL.

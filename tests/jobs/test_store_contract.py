@@ -235,6 +235,25 @@ def test_released_job_keeps_its_place_by_submission_order(store):
     assert store.queue_position(later.request_id) == 0
 
 
+def test_a_worker_taken_for_lost_cannot_complete_the_job_it_no_longer_holds(store):
+    job = running(store, "w1")
+    store.release_worker_jobs("w1", "no heartbeat", max_attempts=2)  # w1 was only slow, and goes on
+    assert not store.complete(job.request_id, Outcome.ok({"from": "w1"}), worker_id="w1")  # back in the queue
+    assert store.get(job.request_id).state == QueueState.IN_QUEUE
+    assert store.claim_next("w2", [EP]).request_id == job.request_id
+    assert not store.complete(job.request_id, Outcome.ok({"from": "w1"}), worker_id="w1")  # now w2's
+    assert store.get(job.request_id).state == QueueState.IN_PROGRESS
+    assert store.complete(job.request_id, Outcome.ok({"from": "w2"}), worker_id="w2")
+    assert store.get(job.request_id).result == {"from": "w2"}
+
+
+def test_the_holder_completes_with_a_granted_cancel_winning(store):
+    job = running(store, "w1")
+    store.request_cancel(job.request_id)
+    assert store.complete(job.request_id, Outcome.ok({"late": True}), worker_id="w1")
+    assert store.get(job.request_id).error_type == "request_cancelled"
+
+
 def test_a_cancelled_job_of_a_lost_worker_ends_cancelled(store):
     job = running(store, "w1")
     store.request_cancel(job.request_id)
