@@ -1,4 +1,4 @@
-"""The `ltxserve` command: serve, generate, tls init, weights, doctor.
+"""The `ltxserve` command: serve, worker, generate, tls init, weights, doctor.
 
 Every flag overrides its LTXSERVE_* environment variable; what neither sets keeps the Settings default (one mapping
 for all commands: ltxserve/cli_flags.py). Subcommands import their machinery lazily, so `ltxserve serve` starts
@@ -19,6 +19,15 @@ SERVE_SETTINGS = (
     "attention_backend", "compile_blocks", "api_keys", "tls_cert",
     "tls_key", "public_url", "allow_unauthenticated_public", "endpoints", "weights_dir", "worker_max_failed_starts",
     "log_level", "log_format", "access_log", "safety_checker", "safety_checker_threshold", "safety_checker_frames",
+    "store", "files", "worker_lost_after_seconds",
+    "prompt_enhancer_dir", "prompt_enhancer_caption_tokens", "prompt_enhancer_max_tokens",
+)
+# A worker node: the engine's settings, the shared store and files, and the public URL its output URLs start with.
+WORKER_SETTINGS = (
+    "store", "files", "data_dir", "public_url", "gpu", "model", "device", "dtype", "fp8_matmul", "memory",
+    "use_triton_kernels", "attention_backend", "compile_blocks", "endpoints", "weights_dir", "max_attempts",
+    "worker_heartbeat_seconds", "log_level", "log_format",
+    "safety_checker", "safety_checker_threshold", "safety_checker_frames",
     "prompt_enhancer_dir", "prompt_enhancer_caption_tokens", "prompt_enhancer_max_tokens",
 )
 
@@ -31,7 +40,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ltxserve.api.server import ConfigurationError, serve
+    from ltxserve.api.server import ConfigurationError
+    from ltxserve.wiring import serve
     from ltxserve.worker.supervisor import WorkersFailed
 
     try:
@@ -42,6 +52,23 @@ def _serve(args: argparse.Namespace) -> int:
     except WorkersFailed as exc:
         print(f"ltxserve: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker", help="run one GPU worker node in the foreground (jobs from --store, files in --files)",
+        description="Run one worker in the foreground: it claims jobs from the store that API nodes "
+                    "(`ltxserve serve --workers 0`) write, and stores outputs under --files. Give it the API's "
+                    "--public-url so that output URLs point at the API. SIGTERM or Ctrl-C stops it cleanly.")
+    add_settings_flags(p, WORKER_SETTINGS)
+    p.set_defaults(func=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ltxserve.wiring import worker
+
+    worker(settings_from_args(args))
     return 0
 
 
@@ -94,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ltxserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    _add_worker(sub)
     _add_generate(sub)
     _add_tls(sub)
     from ltxserve.weights.cli import add_weights_arguments

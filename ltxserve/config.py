@@ -41,7 +41,19 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = 15.0
 
     # --- jobs ----------------------------------------------------------------------------------------------------
-    workers: int | None = Field(default=None, description="Worker processes; default one per CUDA GPU, else one.")
+    store: str | None = Field(
+        default=None, pattern=r"^(sqlite|(redis|rediss|unix)://.+)$", description="Job store: unset (or sqlite) = the SQLite file under the data dir; "
+        "redis://HOST:PORT/DB = a Redis server shared by API and worker nodes on several hosts.",
+    )
+    files: Path | None = Field(
+        default=None, description="Folder holding uploads and outputs (default DATA_DIR/files); several hosts may "
+        "point it at one shared mount (NFS, SMB).",
+    )
+    workers: int | None = Field(
+        default=None, ge=0, description="Worker processes; default one per CUDA GPU, else one; 0 = an API node "
+        "alone (workers run as `ltxserve worker` on the same store).",
+    )
+    gpu: int | None = Field(default=None, ge=0, description="`ltxserve worker`: the GPU index this worker uses.")
     endpoints: list[str] = Field(
         default_factory=lambda: [LTX_I2V_ENDPOINT],
         description="Endpoint specs to serve, as 'module:attribute' import paths.",
@@ -49,6 +61,10 @@ class Settings(BaseSettings):
     result_retention_seconds: int = 24 * 3600
     max_attempts: int = Field(default=2, description="A job whose worker died is retried until this many attempts.")
     worker_heartbeat_seconds: float = 2.0
+    worker_lost_after_seconds: float = Field(
+        default=30.0, gt=0, description="A worker whose last heartbeat is older than this is taken for dead and its "
+        "jobs are retried or failed (allow for clock skew between hosts).",
+    )
     worker_restart_backoff_seconds: float = 1.0
     worker_max_failed_starts: int = Field(
         default=3, ge=1,
@@ -135,7 +151,7 @@ class Settings(BaseSettings):
 
     @property
     def files_dir(self) -> Path:
-        return self.data_dir / "files"
+        return self.files if self.files is not None else self.data_dir / "files"
 
     def base_url(self) -> str:
         """The URL this server is reached at, for URLs it hands out."""

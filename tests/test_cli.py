@@ -42,6 +42,17 @@ def test_every_serve_flag_reaches_settings():
     assert s.worker_max_failed_starts == 5 and s.allow_unauthenticated_public
 
 
+def test_worker_and_node_flags_reach_settings(tmp_path):
+    w = settings_from_args(_parse("worker", "--store", "redis://127.0.0.1:6379/2", "--files", str(tmp_path),
+                                  "--gpu", "1", "--model", "tiny", "--public-url", "http://api:8000"))
+    assert (w.store, w.files, w.files_dir, w.gpu, w.model) == (
+        "redis://127.0.0.1:6379/2", tmp_path, tmp_path, 1, "tiny")
+    assert w.base_url() == "http://api:8000"
+    s = settings_from_args(_parse("serve", "--workers", "0", "--store", "sqlite", "--worker-lost-after-seconds", "5"))
+    assert (s.workers, s.store, s.worker_lost_after_seconds) == (0, "sqlite", 5.0)
+    assert s.files_dir == s.data_dir / "files"  # the default folder
+
+
 def test_flags_override_the_environment_and_unset_flags_do_not(monkeypatch):
     monkeypatch.setenv("LTXSERVE_PORT", "7000")
     monkeypatch.setenv("LTXSERVE_MODEL", "tiny")

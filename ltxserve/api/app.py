@@ -22,6 +22,7 @@ from ltxserve.api.storage import build_storage_router
 from ltxserve.config import Settings
 from ltxserve.engine.contract import EndpointSpec, load_specs
 from ltxserve.jobs.store import JobStore
+from ltxserve.storage import FileStorage, storage_from_settings
 from ltxserve.jobs.webhooks import jwks, load_or_create_key
 from ltxserve.protocol import ERROR_INPUT_PREFIX, RETRYABLE_HEADER, model_error, retryable
 from ltxserve.web import add_playground
@@ -78,7 +79,8 @@ class SafeJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
-def create_app(settings: Settings, store: JobStore, specs: list[EndpointSpec] | None = None) -> FastAPI:
+def create_app(settings: Settings, store: JobStore, specs: list[EndpointSpec] | None = None,
+               storage: FileStorage | None = None) -> FastAPI:
     specs = specs if specs is not None else load_specs(settings.endpoints)
     app = FastAPI(
         title="ltxserve",
@@ -91,7 +93,7 @@ def create_app(settings: Settings, store: JobStore, specs: list[EndpointSpec] | 
     app.include_router(build_health_router(settings, store, jwks(key)))
     app.include_router(build_queue_router(service))
     app.include_router(build_run_router(service))
-    app.include_router(build_storage_router(settings, store))
+    app.include_router(build_storage_router(settings, store, storage or storage_from_settings(settings)))
     add_playground(app)
 
     @app.exception_handler(RequestValidationError)

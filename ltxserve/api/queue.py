@@ -7,7 +7,6 @@ as the official clients build them (the endpoint's sub-path is never part of tho
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -25,6 +24,7 @@ from ltxserve.address_policy import AddressRefused
 from ltxserve.api.urls import Urls
 from ltxserve.config import Settings
 from ltxserve.engine.contract import EndpointSpec
+from ltxserve.jobs.changes import change_feed
 from ltxserve.jobs.store import Job, JobStore
 from ltxserve.protocol import (
     LIFECYCLE_HEADER,
@@ -200,25 +200,30 @@ def build_queue_router(service: QueueService) -> APIRouter:
         with_logs = parse_logs_flag(logs)
 
         async def events() -> AsyncIterator[bytes]:
-            last = None
-            last_sent = time.monotonic()
-            while True:
-                current = await to_thread.run_sync(service.store.status_view, request_id)
-                if current is None:
-                    return
-                _, doc = await to_thread.run_sync(service.status_document, current, with_logs)
-                encoded = json.dumps(doc)
-                if encoded != last:
-                    yield f"data: {encoded}\n\n".encode()
-                    last, last_sent = encoded, time.monotonic()
-                    if current.state == QueueState.COMPLETED:
+            # Re-read when the store says the job changed (Redis: pub/sub), or every 0.2 s where it cannot (SQLite).
+            keepalive = service.settings.sse_keepalive_seconds
+            async with change_feed(service.store, request_id) as changes:
+                last = None
+                last_sent = time.monotonic()
+                while True:
+                    current = await to_thread.run_sync(service.store.status_view, request_id)
+                    if current is None:
                         return
-                elif time.monotonic() - last_sent >= service.settings.sse_keepalive_seconds:
-                    yield b": keepalive\n\n"
-                    last_sent = time.monotonic()
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(0.2)
+                    _, doc = await to_thread.run_sync(service.status_document, current, with_logs)
+                    encoded = json.dumps(doc)
+                    if encoded != last:
+                        yield f"data: {encoded}\n\n".encode()
+                        last, last_sent = encoded, time.monotonic()
+                        if current.state == QueueState.COMPLETED:
+                            return
+                    while True:  # until a change; meanwhile keepalives, and the client's leaving checked each second
+                        if time.monotonic() - last_sent >= keepalive:
+                            yield b": keepalive\n\n"
+                            last_sent = time.monotonic()
+                        if await request.is_disconnected():
+                            return
+                        if await changes.wait(max(0.01, min(1.0, keepalive - (time.monotonic() - last_sent)))):
+                            break
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

@@ -1,19 +1,17 @@
-"""`ltxserve serve`: the store, the worker supervisor and uvicorn, in one process tree."""
+"""The HTTP server of `ltxserve serve`: exposure checks and uvicorn, stopping the node's workers on SIGTERM.
+
+The node itself (store, storage, supervisor or none) is assembled in ltxserve/wiring.py.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import signal
 import threading
 
 import uvicorn
 
-from ltxserve.api.app import create_app
 from ltxserve.config import Settings
-from ltxserve.jobs.sqlite import SqliteJobStore
-from ltxserve.logs import configure_logging
-from ltxserve.worker.supervisor import Supervisor, WorkersFailed
 
 log = logging.getLogger("ltxserve.serve")
 
@@ -47,41 +45,14 @@ def check_exposure(settings: Settings) -> None:
     log.warning("No API key configured and listening on %s: anyone who can reach it can use it.", settings.host)
 
 
-def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format, "api")
-    check_exposure(settings)
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise ConfigurationError("--tls-cert and --tls-key go together")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.files_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteJobStore(settings.db_path, default_retention_seconds=settings.result_retention_seconds)
-    app = create_app(settings, store)
-    config = uvicorn.Config(
+def uvicorn_config(settings: Settings, app) -> uvicorn.Config:
+    return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
         access_log=settings.access_log,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         timeout_graceful_shutdown=SHUTDOWN_DRAIN_SECONDS,
     )
-    server = _Server(config, on_exit=lambda: supervisor.stop(grace_seconds=WORKER_GRACE_SECONDS))
-
-    def stop_serving(reason: str) -> None:  # no worker can ever start: exit rather than queue jobs forever
-        server.should_exit = True
-
-    supervisor = Supervisor(settings, store, on_give_up=stop_serving)
-    supervisor.start()
-    log.info("ltxserve listening on %s (queue: %s/queue, run: %s/run)", settings.base_url(), settings.base_url(),
-             settings.base_url())
-    # uvicorn re-raises the SIGTERM it caught once it has drained; with the default action that would kill this
-    # process before the workers are stopped and their jobs re-queued. Handled (as nothing) it lets `finally` run.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        server.run()
-    finally:
-        server.stop_workers()
-    if supervisor.failure:
-        supervisor.fail_queued_jobs(supervisor.failure)  # jobs submitted while the server was shutting down
-        raise WorkersFailed(supervisor.failure)
 
 
 # SIGTERM must end `serve` within docker's 10 s grace period: open connections (status streams, /run waits) get
@@ -91,7 +62,7 @@ SHUTDOWN_DRAIN_SECONDS = 3
 WORKER_GRACE_SECONDS = 4.0
 
 
-class _Server(uvicorn.Server):
+class StoppingServer(uvicorn.Server):
     """uvicorn's server, stopping the workers as soon as the exit signal arrives rather than after the drain."""
 
     def __init__(self, config: uvicorn.Config, on_exit):

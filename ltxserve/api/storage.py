@@ -1,17 +1,15 @@
 """File storage: fal's upload handshake (initiate → PUT) and the files themselves, with HTTP Range for seeking.
 
-Uploads and generated outputs live under settings.files_dir/<file_id>/<file_name>, indexed in the store, and expire
-with it. The upload URL's file id (128 random bits) is the capability to write once; no Authorization is expected on
-the PUT because @fal-ai/client sends none there.
+Uploads and generated outputs are held by the FileStorage (ltxserve/storage.py: layout, ids, URLs), indexed in the
+store, and expire with it. The upload URL's file id (128 random bits) is the capability to write once; no
+Authorization is expected on the PUT because @fal-ai/client sends none there.
 """
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Request
@@ -22,16 +20,8 @@ from ltxserve.api.urls import Urls
 from ltxserve.config import Settings
 from ltxserve.jobs.store import JobStore, StoredFile
 from ltxserve.protocol import UploadInitiateRequest, UploadInitiateResponse
+from ltxserve.storage import FileStorage
 from ltxserve.stored_files import stored_file
-
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4",
-               "application/octet-stream": ".bin"}
-
-
-def _safe_name(name: str | None, content_type: str) -> str:
-    """A client's file name reduced to letters, digits, '.', '_' and '-' (at most 128): safe on disk and in URLs."""
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name or "").name)[-128:].strip(". ")
-    return base or ("upload" + _EXTENSIONS.get(content_type, ".bin"))
 
 
 def _is_media(content_type: str) -> bool:
@@ -46,20 +36,16 @@ def _download_type(content_type: str) -> str:
         "application/octet-stream"
 
 
-def build_storage_router(settings: Settings, store: JobStore) -> APIRouter:
+def build_storage_router(settings: Settings, store: JobStore, storage: FileStorage) -> APIRouter:
     # Uploads need a key when keys are configured (AuthMiddleware); the one-shot PUT's URL is its own capability.
     router = APIRouter(tags=["storage"])
     urls = Urls(settings)
 
     def new_upload(content_type: str, file_name: str | None, lifecycle_seconds: int | None) -> StoredFile:
-        now = time.time()
         retention = settings.result_retention_seconds
         if lifecycle_seconds:
             retention = max(1, min(retention, lifecycle_seconds))
-        file_id = uuid.uuid4().hex
-        name = _safe_name(file_name, content_type)
-        record = StoredFile(file_id=file_id, path=f"{file_id}/{name}", content_type=content_type, file_name=name,
-                            file_size=0, created_at=now, expires_at=now + retention, complete=False)
+        record = storage.new_upload(file_name, content_type, expires_at=time.time() + retention)
         store.add_file(record)
         return record
 
@@ -71,11 +57,8 @@ def build_storage_router(settings: Settings, store: JobStore) -> APIRouter:
         return None
 
     async def receive_into(record: StoredFile, request: Request) -> int:
-        folder = settings.files_dir / record.file_id
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / record.file_name
         size = 0
-        with open(target, "wb") as out:
+        with storage.writer(record) as out:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
@@ -89,7 +72,7 @@ def build_storage_router(settings: Settings, store: JobStore) -> APIRouter:
     def initiate(body: UploadInitiateRequest, request: Request) -> UploadInitiateResponse:
         record = new_upload(body.content_type, body.file_name, lifecycle_of(request))
         return UploadInitiateResponse(upload_url=urls.upload(record.file_id),
-                                      file_url=urls.file(record.file_id, record.file_name))
+                                      file_url=storage.url_for(record))
 
     @router.put("/storage/upload/{file_id}")
     async def upload(file_id: str, request: Request):
@@ -97,7 +80,7 @@ def build_storage_router(settings: Settings, store: JobStore) -> APIRouter:
         if record is None or record.complete:
             raise HTTPException(404, detail="Unknown or already used upload URL")
         await receive_into(record, request)
-        return {"file_url": urls.file(record.file_id, record.file_name)}
+        return {"file_url": storage.url_for(record)}
 
     # The Python client's storage path (reachable when its REST/CDN URLs are pointed here).
     @router.post("/storage/auth/token", include_in_schema=False)
@@ -112,12 +95,12 @@ def build_storage_router(settings: Settings, store: JobStore) -> APIRouter:
         record = await to_thread.run_sync(new_upload, content_type, request.headers.get("x-fal-file-name"),
                                           lifecycle_of(request))
         await receive_into(record, request)
-        return {"access_url": urls.file(record.file_id, record.file_name)}
+        return {"access_url": storage.url_for(record)}
 
     @router.get("/files/{file_id}")
     @router.get("/files/{file_id}/{file_name}")
     def get_file(file_id: str, file_name: str | None = None):
-        found = stored_file(store, settings.files_dir, file_id, file_name)
+        found = stored_file(store, storage, file_id, file_name)
         if found is None:
             raise HTTPException(404, detail="File not found")
         record, path = found

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from ltxserve.config import Settings
 
 
@@ -19,9 +17,6 @@ class Urls:
 
     def cancel(self, owner: str, app: str, request_id: str) -> str:
         return self.request(owner, app, request_id) + "/cancel"
-
-    def file(self, file_id: str, file_name: str) -> str:
-        return f"{self.base}/files/{file_id}/{quote(file_name, safe='')}"
 
     def upload(self, file_id: str) -> str:
         return f"{self.base}/storage/upload/{file_id}"

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 from contextlib import contextmanager
 
+from ltxserve.jobs.lifecycle import expires_at, final_outcome, release_decision
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.store import (
     GENERATION_BUCKETS,
     GenerationHistogram,
@@ -25,7 +27,8 @@ from ltxserve.jobs.store import (
     StoredFile,
     WebhookDelivery,
 )
-from ltxserve.protocol import ErrorType, LogEntry, Priority, QueueState
+from ltxserve.jobs.webhooks import webhook_body
+from ltxserve.protocol import LogEntry, Priority, QueueState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -118,26 +121,6 @@ def _dumps(value: Any) -> str | None:
 
 def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
-
-
-def webhook_body(job: Job) -> bytes:
-    """fal's webhook payload for a completed job."""
-    payload: dict[str, Any] = {
-        "request_id": job.request_id,
-        "gateway_request_id": job.request_id,
-        "status": "ERROR" if job.error is not None else "OK",
-    }
-    if job.error is not None:
-        payload["error"] = job.error if job.status_code == 200 else f"Invalid status code: {job.status_code}"
-        payload["payload"] = job.error_body
-    else:
-        payload["payload"] = job.result
-    try:
-        return json.dumps(payload, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:  # pragma: no cover - results are JSON already
-        payload["payload"] = None
-        payload["payload_error"] = str(exc)
-        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 class SqliteJobStore(JobStore):
@@ -287,42 +270,31 @@ class SqliteJobStore(JobStore):
                 return job
 
     def _complete_timed_out(self, db: sqlite3.Connection, request_id: str, now: float) -> None:
-        self._complete_in(
-            db, request_id, now,
-            error="Request timed out before it started", error_type=ErrorType.REQUEST_TIMEOUT.value,
-            error_body={"detail": "Request timed out", "error_type": ErrorType.REQUEST_TIMEOUT.value},
-            status_code=504,
-        )
+        self._complete_in(db, request_id, now, Outcome.timed_out())
 
-    def _complete_in(
-        self, db: sqlite3.Connection, request_id: str, now: float, *, result: dict[str, Any] | None = None,
-        error: str | None = None, error_type: str | None = None, error_body: dict[str, Any] | None = None,
-        status_code: int = 200, inference_time: float | None = None,
-    ) -> bool:
+    def _complete_in(self, db: sqlite3.Connection, request_id: str, now: float, outcome: Outcome,
+                     worker_id: str | None = None) -> bool:
         row = db.execute(
-            "SELECT state, retention_seconds, cancel_requested FROM jobs WHERE request_id = ?", (request_id,)
+            "SELECT state, retention_seconds, cancel_requested, worker_id FROM jobs WHERE request_id = ?",
+            (request_id,),
         ).fetchone()
         if row is None or row["state"] == QueueState.COMPLETED.value:
             return False
-        if row["cancel_requested"] and error_type != ErrorType.CANCELLED.value:
-            # A cancel answered 202 wins over whatever the worker finished with in the meantime (same transaction
-            # as the check in request_cancel, so the two can never both succeed).
-            result = None
-            error, error_type, error_body, status_code = (cancelled_outcome()[k] for k in
-                                                          ("error", "error_type", "error_body", "status_code"))
-        retention = row["retention_seconds"]
-        if retention is None:
-            retention = self.default_retention_seconds
+        if worker_id is not None and (row["state"] != QueueState.IN_PROGRESS.value or row["worker_id"] != worker_id):
+            return False  # no longer this worker's job (see JobStore.complete)
+        # Same transaction as the check in request_cancel, so a cancel answered 202 and a late result never both win.
+        outcome = final_outcome(outcome, bool(row["cancel_requested"]))
+        expiry = expires_at(now, row["retention_seconds"], self.default_retention_seconds)
         db.execute(
             "UPDATE jobs SET state = 'COMPLETED', completed_at = ?, result = ?, error = ?, error_type = ?,"
             " error_body = ?, status_code = ?, inference_time = ?, expires_at = ? WHERE request_id = ?",
-            (now, _dumps(result), error, error_type, _dumps(error_body), status_code, inference_time,
-             now + retention, request_id),
+            (now, _dumps(outcome.result), outcome.error, outcome.error_type, _dumps(outcome.error_body),
+             outcome.status_code, outcome.inference_time, expiry, request_id),
         )
-        if inference_time is not None:
-            self._observe_generation(db, inference_time)
+        if outcome.inference_time is not None:
+            self._observe_generation(db, outcome.inference_time)
         # Output files live as long as the job that made them.
-        db.execute("UPDATE files SET expires_at = ? WHERE request_id = ?", (now + retention, request_id))
+        db.execute("UPDATE files SET expires_at = ? WHERE request_id = ?", (expiry, request_id))
         full = db.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
         job = self._job(full)
         if job.webhook_url:
@@ -332,16 +304,9 @@ class SqliteJobStore(JobStore):
             )
         return True
 
-    def complete(
-        self, request_id: str, *, result: dict[str, Any] | None = None, error: str | None = None,
-        error_type: str | None = None, error_body: dict[str, Any] | None = None, status_code: int = 200,
-        inference_time: float | None = None,
-    ) -> bool:
+    def complete(self, request_id: str, outcome: Outcome, *, worker_id: str | None = None) -> bool:
         with self._tx(immediate=True) as db:
-            return self._complete_in(
-                db, request_id, time.time(), result=result, error=error, error_type=error_type,
-                error_body=error_body, status_code=status_code, inference_time=inference_time,
-            )
+            return self._complete_in(db, request_id, time.time(), outcome, worker_id)
 
     def request_cancel(self, request_id: str) -> str:
         with self._tx(immediate=True) as db:
@@ -352,7 +317,7 @@ class SqliteJobStore(JobStore):
             if state == QueueState.COMPLETED.value:
                 return "ALREADY_COMPLETED"
             if state == QueueState.IN_QUEUE.value:
-                self._complete_in(db, request_id, time.time(), **cancelled_outcome())
+                self._complete_in(db, request_id, time.time(), Outcome.cancelled())
             else:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE request_id = ?", (request_id,))
             return "CANCELLATION_REQUESTED"
@@ -382,23 +347,16 @@ class SqliteJobStore(JobStore):
             for row in rows:
                 rid = row["request_id"]
                 affected.append(rid)
-                if row["cancel_requested"]:
-                    self._complete_in(db, rid, now, **cancelled_outcome())
-                elif row["attempts"] < max_attempts:
+                decision = release_decision(row["attempts"], max_attempts, bool(row["cancel_requested"]), reason)
+                self._append_log_in(db, rid, decision.log_message, decision.log_level, now)
+                if decision.retry:
                     db.execute(
                         "UPDATE jobs SET state = 'IN_QUEUE', worker_id = NULL, started_at = NULL, progress = NULL"
                         " WHERE request_id = ?",
                         (rid,),
                     )
-                    self._append_log_in(db, rid, f"{reason}; retrying (attempt {row['attempts'] + 1})", "WARN", now)
                 else:
-                    message = f"{reason}; gave up after {row['attempts']} attempts"
-                    self._append_log_in(db, rid, message, "ERROR", now)
-                    self._complete_in(
-                        db, rid, now, error=message, error_type=ErrorType.RUNNER_DISCONNECTED.value,
-                        error_body={"detail": message, "error_type": ErrorType.RUNNER_DISCONNECTED.value},
-                        status_code=503,
-                    )
+                    self._complete_in(db, rid, now, decision.outcome)
             db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
         return affected
 
@@ -597,12 +555,3 @@ class SqliteJobStore(JobStore):
         with self._tx(immediate=True) as db:
             db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
-
-def cancelled_outcome() -> dict[str, Any]:
-    message = "Request was cancelled"
-    return {
-        "error": message,
-        "error_type": ErrorType.CANCELLED.value,
-        "error_body": {"detail": message, "error_type": ErrorType.CANCELLED.value},
-        "status_code": 400,
-    }

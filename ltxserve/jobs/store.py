@@ -2,11 +2,15 @@
 
 State machine (the only transitions; each one atomic in the store):
 
-    IN_QUEUE --claim--> IN_PROGRESS --complete--> COMPLETED
-    IN_QUEUE --cancel / start timeout--> COMPLETED (error)
-    IN_PROGRESS --worker lost--> IN_QUEUE (retry, attempts < max) or COMPLETED (error)
+    IN_QUEUE --claim--> IN_PROGRESS --complete(Outcome)--> COMPLETED
+    IN_QUEUE --cancel--> COMPLETED (Outcome.cancelled)
+    IN_QUEUE --start deadline passed--> COMPLETED (Outcome.timed_out)
+    IN_PROGRESS --cancel--> IN_PROGRESS with the cancel flag; whatever it completes with then becomes cancelled
+    IN_PROGRESS --worker lost--> IN_QUEUE (retry) or COMPLETED (Outcome.runner_lost / cancelled)
 
-A failure is COMPLETED with `error` and `error_type`, as fal reports it; there is no FAILED state on the wire.
+What a job ended with is an `Outcome` (jobs/outcome.py); the rules every backend applies (cancel wins, retry once
+then fail, when results expire) live in jobs/lifecycle.py. A failure is COMPLETED with `error` and `error_type`, as
+fal reports it; there is no FAILED state on the wire.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.protocol import LogEntry, Priority, QueueState
 
 
@@ -128,18 +133,13 @@ class JobStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def complete(
-        self,
-        request_id: str,
-        *,
-        result: dict[str, Any] | None = None,
-        error: str | None = None,
-        error_type: str | None = None,
-        error_body: dict[str, Any] | None = None,
-        status_code: int = 200,
-        inference_time: float | None = None,
-    ) -> bool:
-        """Move to COMPLETED (from IN_QUEUE or IN_PROGRESS); False if it already was. Enqueues the webhook."""
+    def complete(self, request_id: str, outcome: Outcome, *, worker_id: str | None = None) -> bool:
+        """Move to COMPLETED (from IN_QUEUE or IN_PROGRESS) with `lifecycle.final_outcome(outcome, cancel flag)`;
+        False if it already was (or is unknown). Enqueues the webhook in the same transaction.
+
+        With `worker_id` (a worker reporting its result) the completion applies only while that worker still holds
+        the job: a worker that was taken for lost, whose job went back to the queue or to another worker, cannot
+        overwrite what the job's current holder will report."""
 
     @abc.abstractmethod
     def request_cancel(self, request_id: str) -> str:
@@ -154,8 +154,9 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def release_worker_jobs(self, worker_id: str, reason: str, max_attempts: int) -> list[str]:
-        """The worker is gone: each IN_PROGRESS job it held goes back to the queue (if attempts < max_attempts)
-        or is completed with an error that says `reason`. Returns the affected request ids."""
+        """The worker is gone: each IN_PROGRESS job it held is handled as `lifecycle.release_decision` says (back to
+        the queue, or completed saying `reason`), and the worker's heartbeat row is removed. Returns the affected
+        request ids."""
 
     @abc.abstractmethod
     def in_progress_workers(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -18,6 +19,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -27,11 +29,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ltxserve import address_policy
 from ltxserve.address_policy import AddressRefused
 from ltxserve.config import Settings
-from ltxserve.jobs.store import JobStore, WebhookDelivery
+from ltxserve.jobs.store import Job, JobStore, WebhookDelivery
 
 log = logging.getLogger("ltxserve.webhooks")
 
 KEY_FILE = "webhook_ed25519.pem"
+
+
+def webhook_body(job: Job) -> bytes:
+    """fal's webhook payload for a completed job (a store enqueues it in the transaction that completes the job)."""
+    payload: dict[str, Any] = {
+        "request_id": job.request_id,
+        "gateway_request_id": job.request_id,
+        "status": "ERROR" if job.error is not None else "OK",
+    }
+    if job.error is not None:
+        payload["error"] = job.error if job.status_code == 200 else f"Invalid status code: {job.status_code}"
+        payload["payload"] = job.error_body
+    else:
+        payload["payload"] = job.result
+    try:
+        return json.dumps(payload, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:  # pragma: no cover - results are JSON already
+        payload["payload"] = None
+        payload["payload_error"] = str(exc)
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:

@@ -1,8 +1,9 @@
-"""Starts the worker processes, restarts the ones that die, and keeps the store tidy.
+"""Starts the worker processes and restarts the ones that die.
 
 A worker's death (crash, OOM kill, kill -9) never loses its job: the job goes back to the queue once, then completes
-with an error saying what happened. Jobs held by workers of a previous server (killed -9) are found by their stale
-heartbeats and treated the same way. Housekeeping (start deadlines, retention) and webhook delivery run here too.
+with an error saying what happened. The supervisor sees its children exit and releases their jobs at once; jobs held
+by workers it does not own (a previous server killed -9, a worker node on another host) are found by their stale
+heartbeats by the node's housekeeping (jobs/housekeeping.py), as are start deadlines and retention.
 
 Fail fast: a worker that dies before its model is loaded (a missing path, unverifiable weights) sends the reason back
 over a pipe. The supervisor publishes it in the store (so /readyz shows it), retries a bounded number of times
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -26,10 +26,9 @@ from typing import Callable
 
 from ltxserve.config import Settings
 from ltxserve.gpus import nvidia_gpu_indices
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.store import JobStore
-from ltxserve.jobs.webhooks import WebhookDeliverer
 from ltxserve.logs import configure_logging
-from ltxserve.worker.runner import worker_main
 
 log = logging.getLogger("ltxserve.supervisor")
 
@@ -42,11 +41,16 @@ class WorkersFailed(RuntimeError):
     """No worker slot can ever start (each failed its bounded number of starts); the message says why."""
 
 
-def run_worker(settings: Settings, worker_id: str, parent_pid: int, report) -> None:
+# What a worker process runs: worker_entry(settings, worker_id, parent_pid), blocking until the worker stops. A
+# module-level function (spawn pickles it by name) from the wiring module, which builds the worker's store.
+WorkerEntry = Callable[[Settings, str, int], None]
+
+
+def run_worker(settings: Settings, worker_id: str, parent_pid: int, report, worker_entry: WorkerEntry) -> None:
     """Worker process entry: runs the worker; if it fails before serving, sends the reason to the supervisor."""
     configure_logging(settings.log_level, settings.log_format, f"worker[{worker_id}]")
     try:
-        worker_main(settings, worker_id, parent_pid)
+        worker_entry(settings, worker_id, parent_pid)
     except BaseException as exc:  # noqa: BLE001 - whatever stopped the worker is the reason it reports
         if isinstance(exc, SystemExit) and not exc.code:
             raise
@@ -111,9 +115,11 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, store: JobStore, on_give_up: Callable[[str], None] | None = None):
+    def __init__(self, settings: Settings, store: JobStore, on_give_up: Callable[[str], None] | None = None, *,
+                 worker_entry: WorkerEntry):
         self.settings = settings
         self.store = store
+        self.worker_entry = worker_entry
         self.on_give_up = on_give_up
         self.failure: str | None = None  # set once no slot can start
         self._ctx = mp.get_context("spawn")
@@ -122,7 +128,6 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._prefix = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.webhooks = WebhookDeliverer(store, settings)
 
     # --- workers --------------------------------------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
@@ -134,7 +139,7 @@ class Supervisor:
         receive, send = self._ctx.Pipe(duplex=False)
         try:
             proc = self._ctx.Process(
-                target=run_worker, args=(self.settings, slot.worker_id, os.getpid(), send),
+                target=run_worker, args=(self.settings, slot.worker_id, os.getpid(), send, self.worker_entry),
                 name=f"ltxserve-worker-{slot.index}", daemon=False,
             )
             proc.start()
@@ -174,6 +179,10 @@ class Supervisor:
                 self._spawn(slot)
         if self.failure is None and self.slots and all(s.gave_up for s in self.slots):
             self._give_up()
+
+    def running_worker_ids(self) -> list[str]:
+        """Workers whose process is alive: the node's reaper leaves them alone even if a heartbeat is late."""
+        return [s.worker_id for s in self.slots if s.process is not None and s.process.is_alive()]
 
     @staticmethod
     def _start_failure(slot: _Slot) -> str | None:
@@ -246,30 +255,10 @@ class Supervisor:
         failed = []
         while (job := self.store.claim_next(claimer, endpoint_ids)) is not None:
             self.store.append_log(job.request_id, message, "ERROR")
-            self.store.complete(job.request_id, error=message, error_type=NO_RUNNER_ERROR_TYPE,
-                                error_body={"detail": message, "error_type": NO_RUNNER_ERROR_TYPE},
-                                status_code=503)
+            self.store.complete(job.request_id, Outcome.failed(
+                message, NO_RUNNER_ERROR_TYPE, {"detail": message, "error_type": NO_RUNNER_ERROR_TYPE}, 503))
             failed.append(job.request_id)
         return failed
-
-    def _release_orphans(self) -> None:
-        """Jobs IN_PROGRESS under a worker that is neither ours nor alive (a previous server killed -9)."""
-        ours = {s.worker_id for s in self.slots if s.process is not None}
-        max_age = max(3 * self.settings.worker_heartbeat_seconds, 10.0)
-        live = {w["worker_id"] for w in self.store.live_workers(max_age)}
-        for worker_id in self.store.in_progress_workers():
-            if worker_id in ours or worker_id in live:
-                continue
-            released = self.store.release_worker_jobs(
-                worker_id, "worker lost (no heartbeat; the server or worker was killed)", self.settings.max_attempts
-            )
-            if released:
-                log.warning("recovered jobs of lost worker %s: %s", worker_id, released)
-
-    def _housekeeping(self) -> None:
-        self.store.expire_start_deadlines()
-        for f in self.store.purge_expired():
-            shutil.rmtree(self.settings.files_dir / f.file_id, ignore_errors=True)
 
     def _loop(self) -> None:
         last_housekeeping = 0.0
@@ -279,8 +268,6 @@ class Supervisor:
                 now = time.time()
                 if now - last_housekeeping >= 1.0:
                     self._refresh_slots()
-                    self._release_orphans()
-                    self._housekeeping()
                     last_housekeeping = now
             except Exception:
                 log.exception("supervisor loop error")
@@ -290,7 +277,6 @@ class Supervisor:
     def start(self) -> None:
         for slot in self.slots:
             self._spawn(slot)
-        self.webhooks.start()
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
 
@@ -314,4 +300,3 @@ class Supervisor:
             if slot.worker_id:
                 self.store.release_worker_jobs(slot.worker_id, "server stopped while the job ran",
                                                self.settings.max_attempts + 1)
-        self.webhooks.stop()

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ltxserve.config import Settings
 from ltxserve.jobs import webhooks
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 
@@ -88,7 +89,7 @@ def settings(tmp_path) -> Settings:
 def _completed_job(store: SqliteJobStore, url: str) -> str:
     rid = uuid.uuid4().hex
     store.submit(Job(request_id=rid, endpoint_id="t/a", owner="t", app="a", input={}, webhook_url=url))
-    store.complete(rid, result={"answer": 42})
+    store.complete(rid, Outcome.ok({"answer": 42}))
     return rid
 
 

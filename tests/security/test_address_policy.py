@@ -19,6 +19,7 @@ from ltxserve.address_policy import AddressRefused, check_url
 from ltxserve.config import Settings
 from ltxserve.engine.net import FetchError, fetch_bytes
 from ltxserve.jobs import webhooks
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 from tests.security.conftest import png_bytes
@@ -178,7 +179,7 @@ def test_public_webhook_accepted_at_submit(api_server, resolver, loopback_only):
 def _job_with_hook(store: SqliteJobStore, url: str) -> str:
     rid = uuid.uuid4().hex
     store.submit(Job(request_id=rid, endpoint_id="t/a", owner="t", app="a", input={}, webhook_url=url))
-    store.complete(rid, result={"ok": True})
+    store.complete(rid, Outcome.ok({"ok": True}))
     return rid
 
 

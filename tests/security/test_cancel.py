@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ltxserve.engine.contract import JobCancelled
+from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 from ltxserve.protocol import QueueState
@@ -85,7 +86,7 @@ def test_a_202_cancel_ends_the_job_cancelled_even_if_the_result_comes_after(tmp_
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
     rid = _running_job(store)
     assert store.request_cancel(rid) == "CANCELLATION_REQUESTED"
-    store.complete(rid, result={"video": "made anyway"})
+    store.complete(rid, Outcome.ok({"video": "made anyway"}))
     job = store.get(rid)
     assert job.state == QueueState.COMPLETED and job.error_type == "request_cancelled" and job.result is None
     assert job.status_code == 400
@@ -108,7 +109,7 @@ def test_cancel_and_completion_racing_agree(tmp_path):
 
         def finish():
             barrier.wait(5)
-            store.complete(rid, result={"ok": True})
+            store.complete(rid, Outcome.ok({"ok": True}))
 
         threads = [threading.Thread(target=cancel), threading.Thread(target=finish)]
         for t in threads:

@@ -15,6 +15,7 @@ from ltxserve.config import Settings
 from ltxserve.engine.net import FetchError, fetch_bytes
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import StoredFile
+from ltxserve.storage import storage_from_settings
 from ltxserve.worker.runner import Worker
 
 
@@ -24,7 +25,7 @@ def worker_side(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", port=8123)
     settings.files_dir.mkdir(parents=True)
     store = SqliteJobStore(settings.db_path)
-    Worker(settings, "w-test", store)  # installs the store-backed lookup, as in the worker process
+    Worker(settings, "w-test", store, storage_from_settings(settings))  # installs the store-backed lookup, as in the worker process
     file_id = "0123456789abcdef0123456789abcdef"
     (settings.files_dir / file_id).mkdir()
     (settings.files_dir / file_id / "in.png").write_bytes(b"stored bytes")

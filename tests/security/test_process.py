@@ -18,7 +18,7 @@ _NO_TORCH = """
 import sys
 from pathlib import Path
 from ltxserve.api.app import create_app
-from ltxserve.api.server import serve  # the wiring module, as `ltxserve serve` imports it
+from ltxserve.wiring import run_worker_node, serve  # the wiring module, as `ltxserve serve` imports it
 from ltxserve.config import Settings
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.worker.supervisor import Supervisor
@@ -26,7 +26,7 @@ settings = Settings(data_dir=Path(sys.argv[1]))
 settings.data_dir.mkdir(parents=True, exist_ok=True)
 store = SqliteJobStore(settings.db_path)
 create_app(settings, store)           # the real endpoint's schema included
-Supervisor(settings, store)           # probes the GPUs to size the worker pool
+Supervisor(settings, store, worker_entry=run_worker_node)  # probes the GPUs to size the worker pool
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers"))
 print("LOADED", loaded[:5])
 sys.exit(1 if loaded else 0)

@@ -12,6 +12,7 @@ from ltxserve.config import Settings
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 from ltxserve.protocol import QueueState
+from ltxserve.storage import storage_from_settings
 from ltxserve.worker.runner import Worker
 from tests.worker.endpoints import STEPS_ID
 
@@ -22,7 +23,7 @@ SPEC = "tests.worker.endpoints:STEPS"
 def worker(tmp_path):
     settings = Settings(data_dir=tmp_path, endpoints=[SPEC], public_url="http://files.example:9000/")
     store = SqliteJobStore(settings.db_path)
-    w = Worker(settings, "w-test", store=store)
+    w = Worker(settings, "w-test", store, storage_from_settings(settings))
     w.build_endpoints()
     yield w
     store.close()
@@ -50,7 +51,8 @@ def test_job_completes_with_result_logs_and_file(worker):
     file_id = f["url"].split("/")[-2]
     stored = worker.store.get_file(file_id)
     assert stored.request_id == rid and stored.file_size == 5
-    assert (worker.settings.files_dir / stored.path).read_text() == "olleh"
+    assert (worker.settings.files_dir / stored.path).read_text() == "olleh"  # the default layout: <id>/<name>
+    assert worker.storage.path_for(stored).read_text() == "olleh"
     assert [e.message for e in worker.store.logs(rid)] == ["step 1/2", "step 2/2"]
     assert worker.store.get(rid).progress == {"step": 2, "total": 2, "stage": "steps"}
     assert worker.store.live_workers(60)[0]["ready"]
@@ -95,3 +97,54 @@ def test_cancel_of_running_job_stops_at_next_step(worker):
     assert done.state == QueueState.COMPLETED and done.error_type == "request_cancelled"
     steps_run = sum(1 for e in worker.store.logs(rid) if e.message.startswith("step "))
     assert 1 <= steps_run < 50
+
+
+class FlakyStore:
+    """The worker's store, away for the first `failures` calls of the named methods (a Redis restart)."""
+
+    def __init__(self, store, failures: int, methods: tuple[str, ...]):
+        self._store, self._left, self._methods = store, {m: failures for m in methods}, methods
+        self.failed = {m: 0 for m in methods}
+
+    def __getattr__(self, name):
+        target = getattr(self._store, name)
+        if name not in self._methods:
+            return target
+
+        def call(*args, **kwargs):
+            if self._left[name] > 0:
+                self._left[name] -= 1
+                self.failed[name] += 1
+                raise ConnectionError("store away")
+            return target(*args, **kwargs)
+        return call
+
+
+def test_the_worker_rides_out_a_store_outage_when_claiming_and_reporting(worker, monkeypatch):
+    import ltxserve.worker.runner as runner
+
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)  # the report's back-off; the claim's waits on _stop
+    flaky = FlakyStore(worker.store, failures=2, methods=("claim_next", "complete"))
+    worker.store = flaky
+    rid = submit(flaky._store, text="abc", steps=1)
+    loop = threading.Thread(target=worker._serve, args=(0.01,), daemon=True)
+    loop.start()
+    deadline = time.monotonic() + 30
+    while flaky._store.get(rid).state != QueueState.COMPLETED and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.stop()
+    loop.join(10)
+    assert not loop.is_alive()
+    assert flaky.failed == {"claim_next": 2, "complete": 2}
+    assert flaky._store.get(rid).result["reversed"] == "cba"
+
+
+def test_an_outcome_from_a_worker_that_no_longer_holds_the_job_is_dropped(worker):
+    rid = submit(worker.store, text="abc", steps=1)
+    job = worker.store.claim_next(worker.worker_id, list(worker.endpoints))
+    worker.store.release_worker_jobs(worker.worker_id, "taken for lost", max_attempts=2)
+    other = worker.store.claim_next("w-other", list(worker.endpoints))
+    assert other.request_id == rid
+    worker.run_job(job)  # finishes, but w-other holds the job now
+    after = worker.store.get(rid)
+    assert after.state == QueueState.IN_PROGRESS and after.worker_id == "w-other" and after.result is None

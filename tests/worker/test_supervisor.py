@@ -18,6 +18,7 @@ from ltxserve.config import Settings
 from ltxserve.jobs.sqlite import SqliteJobStore
 from ltxserve.jobs.store import Job
 from ltxserve.protocol import QueueState
+from ltxserve.wiring import run_worker_node
 from ltxserve.worker.supervisor import Supervisor, describe_exit
 from tests.worker.endpoints import STEPS_ID
 
@@ -54,7 +55,7 @@ def markers(data_dir: Path, rid: str) -> list[Path]:
 def running(tmp_path):
     settings = make_settings(tmp_path)
     store = SqliteJobStore(settings.db_path)
-    sup = Supervisor(settings, store)
+    sup = Supervisor(settings, store, worker_entry=run_worker_node)
     yield settings, store, sup
     sup.stop(grace_seconds=2)
     store.close()
@@ -93,13 +94,22 @@ def test_job_whose_worker_dies_twice_completes_with_error(running):
 
 
 def test_start_recovers_jobs_left_in_progress_by_a_killed_server(running):
+    from ltxserve.jobs.housekeeping import Housekeeper
+
     settings, store, sup = running
     rid = submit(store, text="orphan")
     assert store.claim_next("old-server-w0", [STEPS_ID]).request_id == rid
     store.heartbeat("old-server-w0", ready=True)
     store._db().execute("UPDATE workers SET seen_at = seen_at - 3600")  # its last heartbeat is long gone
+    # The node's housekeeping (run beside the supervisor by `serve`) reaps workers whose heartbeat stopped.
+    housekeeper = Housekeeper(store, lambda f: None, lost_after_seconds=settings.worker_lost_after_seconds,
+                              max_attempts=settings.max_attempts)
     sup.start()
-    job = wait_for(lambda: (j := store.get(rid)).state == QueueState.COMPLETED and j, what="completion")
+    housekeeper.start()
+    try:
+        job = wait_for(lambda: (j := store.get(rid)).state == QueueState.COMPLETED and j, what="completion")
+    finally:
+        housekeeper.stop()
     assert job.error is None and job.result["reversed"] == "orphan"[::-1] and job.attempts == 2
     assert job.worker_id != "old-server-w0"
 
@@ -111,8 +121,9 @@ SUPERVISOR_SCRIPT = textwrap.dedent(
     from ltxserve.config import Settings
     from ltxserve.jobs.sqlite import SqliteJobStore
     from ltxserve.worker.supervisor import Supervisor
+    from ltxserve.wiring import run_worker_node
     settings = Settings(data_dir=Path(sys.argv[1]), endpoints=[sys.argv[2]], workers=1, worker_heartbeat_seconds=0.5)
-    Supervisor(settings, SqliteJobStore(settings.db_path)).start()
+    Supervisor(settings, SqliteJobStore(settings.db_path), worker_entry=run_worker_node).start()
     time.sleep(600)
     """
 )
@@ -159,7 +170,8 @@ def test_a_model_that_cannot_load_stops_restarts_and_fails_queued_jobs(tmp_path)
     store.submit(Job(request_id=rid, endpoint_id=BROKEN_ID, owner="test", app="broken", input={"text": "x"}))
     gave_up = threading.Event()
     reasons: list[str] = []
-    sup = Supervisor(settings, store, on_give_up=lambda reason: (reasons.append(reason), gave_up.set()))
+    sup = Supervisor(settings, store, on_give_up=lambda reason: (reasons.append(reason), gave_up.set()),
+                     worker_entry=run_worker_node)
     try:
         sup.start()
         assert gave_up.wait(120), "the supervisor never gave up"
