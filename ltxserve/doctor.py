@@ -168,7 +168,7 @@ def _weights_section(settings: Settings, verify: bool, out: Callable[[str], None
     unpinned = [c.name for c in lock.select() if not c.revision_resolved]
     if unpinned:
         out(f"  note: no pinned revision for {', '.join(unpinned)}: `weights pull` refuses them; use "
-            "`ltxserve weights pin` or `ltxserve weights import DIR`")
+            "`ltxserve weights pin NAME --latest` (pins the Hub's current commit) or `ltxserve weights import DIR`")
     files = [f for c in lock.select() for f in c.files]
     unconfirmed = sum(1 for f in files if not f.verified)
     if unconfirmed:

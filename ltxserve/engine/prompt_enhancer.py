@@ -83,7 +83,7 @@ class Expansion:
 def _missing_message(folder: Path, what: str) -> str:
     return (f"expand_prompt needs the prompt enhancer's weights ({what}), which are not in {folder}: run "
             "`ltxserve weights pull --component prompt_captioner --component prompt_llm` on the server (after "
-            "`ltxserve weights pin prompt_captioner <commit>` while weights.lock has no commit for it), or "
+            "`ltxserve weights pin prompt_captioner --latest` while weights.lock has no commit for it), or "
             "`ltxserve weights import DIR`")
 
 

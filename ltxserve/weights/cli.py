@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Callable
 
 from ltxserve.cli_flags import add_settings_flags, settings_from_args
 from ltxserve.config import Settings
 from ltxserve.logs import configure_logging
-from ltxserve.weights.fetch import FetchError, pull_weights
+from ltxserve.weights.fetch import FetchError, latest_revision, pull_weights
 from ltxserve.weights.lock import LockError
 from ltxserve.weights.provision import load_settings_lock, save_recorded
 from ltxserve.weights.store import WeightsError, import_weights, show_weights, verify_weights
@@ -62,8 +63,12 @@ def add_weights_arguments(subparsers: argparse._SubParsersAction) -> argparse.Ar
     pin = sub.add_parser("pin", help="set a component's revision to an exact commit id in the lock")
     _add_common(pin, selection=False)
     pin.add_argument("name", help="lock component, e.g. checkpoint")
-    pin.add_argument("revision", help="full 40-hex-digit commit id")
+    pin.add_argument("revision", nargs="?", help="full 40-hex-digit commit id")
+    pin.add_argument("--latest", action="store_true",
+                     help="ask the Hub for the commit its default branch is at now, and pin that one (trust on first "
+                          "use: later pulls fetch exactly this commit)")
     pin.add_argument("--note", default="", help="how the commit was found")
+    add_settings_flags(pin, ("weights_base_url",))
 
     parser.set_defaults(func=weights_main)
     return parser
@@ -177,6 +182,13 @@ def _show(args: argparse.Namespace, settings: Settings, out: Callable[[str], Non
 
 def _pin(args: argparse.Namespace, settings: Settings, out: Callable[[str], None]) -> int:
     lock, path = load_settings_lock(settings)
+    if bool(args.revision) == bool(args.latest):
+        raise LockError("give either a commit id or --latest")
+    if args.latest:
+        repo = lock.component(args.name).repo
+        args.revision = latest_revision(repo, endpoint=settings.weights_base_url, token=settings.hf_token)
+        args.note = args.note or (f"the commit {repo}'s default branch was at when `ltxserve weights pin --latest` "
+                                  f"asked the Hub on {date.today().isoformat()} (trust on first use)")
     save_recorded(lock.with_revision(args.name, args.revision, args.note), lock, path, out)
     out(f"{args.name}: pinned to {args.revision}")
     return 0

@@ -87,6 +87,20 @@ class PullResult:
     confirmed: bool = False  # every selected file was checked against the Hub's metadata
 
 
+def latest_revision(repo: str, *, endpoint: str | None, token: str | None = None) -> str:
+    """The commit the repository's default branch is at now (for `weights pin --latest`: asked once, then pinned)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        sha = HfApi(endpoint=endpoint, token=token).model_info(repo).sha
+    except HfHubHTTPError as exc:
+        raise FetchError(f"could not ask {endpoint or DEFAULT_BASE_URL} for {repo}'s current commit: {exc}") from None
+    if not sha:
+        raise FetchError(f"{endpoint or DEFAULT_BASE_URL} did not say which commit {repo} is at")
+    return sha
+
+
 def check_pullable(components: Iterable[LockedComponent], *, record: bool) -> None:
     """Refuse before any byte moves: unpinned revisions, and unknown hashes when not recording."""
     unresolved = [c for c in components if not c.revision_resolved]
@@ -95,7 +109,7 @@ def check_pullable(components: Iterable[LockedComponent], *, record: bool) -> No
         raise LockError(
             f"cannot pull {names}: weights.lock has no pinned revision for it (revision = {unresolved[0].revision!r}). "
             "ltxserve never downloads a moving branch such as 'main'. Pin the exact commit with "
-            "`ltxserve weights pin NAME COMMIT_SHA`, or copy the files in with `ltxserve weights import DIR`."
+            "`ltxserve weights pin NAME COMMIT_SHA` (or `--latest`: the commit the Hub's default branch is at now), or copy the files in with `ltxserve weights import DIR`."
         )
     if not record:
         unknown = [f"{c.name}: {f.dest}" for c in components for f in c.files if not f.hash_known]

@@ -35,6 +35,7 @@ class FakeHub:
     published_sha256: dict[str, str] = field(default_factory=dict)  # url path -> what the API claims, if not true
     gates: dict[str, threading.Event] = field(default_factory=dict)  # url path -> GET body waits for this event
     serving: dict[str, threading.Event] = field(default_factory=dict)  # url path -> set when a GET for it arrives
+    heads: dict[str, str] = field(default_factory=dict)  # repo -> the commit its default branch is at (model_info)
 
     def add(self, repo: str, revision: str, path: str, data: bytes, lfs: bool = True) -> None:
         key = f"/{repo}/resolve/{revision}/{path}"
@@ -112,6 +113,17 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             self._record("GET")
             key = unquote(urlsplit(self.path).path)
+            if key.startswith("/api/models/"):  # model_info: /api/models/{owner}/{name}
+                repo = key.removeprefix("/api/models/")
+                if repo not in hub.heads:
+                    return self._empty(404, {"X-Error-Code": "RepoNotFound"})
+                data = json.dumps({"id": repo, "sha": hub.heads[repo], "siblings": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             data = hub.files.get(key)
             if data is None:
                 return self._empty(404, {"X-Error-Code": "EntryNotFound"})

@@ -170,6 +170,35 @@ def test_cli_pin_writes_the_revision(tiny_weights, tmp_path):
     assert code == 2 and "40-hex" in out
 
 
+def test_cli_pin_latest_records_the_hubs_current_commit_then_pull_fetches_exactly_it(tiny_weights, hub_with_tiny,
+                                                                                     tmp_path):
+    # An optional component whose commit no public source pins: `pin --latest` asks the Hub once (trust on first
+    # use) and writes the commit; pull then takes that commit, never the moving branch.
+    revision = tiny_weights.lock.components[0].revision
+    text = tiny_weights.lock_path.read_text().replace(revision, "unresolved", 1)
+    tiny_weights.lock_path.write_text(text)
+    hub_with_tiny.heads[tiny_weights.repo] = revision
+    settings = Settings(weights_dir=tmp_path / "w", weights_base_url=hub_with_tiny.base_url,
+                        weights_lock=tiny_weights.lock_path)
+    code, out = _run_cli(["weights", "pin", "checkpoint", "--latest"], settings)
+    assert code == 0, out
+    pinned = load_lock(tiny_weights.lock_path).component("checkpoint")
+    assert pinned.revision == revision and "trust on first use" in pinned.revision_note
+    assert [r["path"] for r in hub_with_tiny.requests] == [f"/api/models/{tiny_weights.repo}"]
+    code, out = _run_cli(["weights", "pull", "--component", "checkpoint", "--no-progress"], settings)
+    assert code == 0, out
+    later = [r["path"] for r in hub_with_tiny.requests[1:]]
+    assert later and all(p.endswith(f"/{revision}") or f"/{revision}/" in p for p in later), later
+
+
+def test_cli_pin_latest_of_an_unknown_repo_and_without_a_revision_are_clear(tiny_weights, fake_hub, tmp_path):
+    settings = Settings(weights_lock=tiny_weights.lock_path, weights_base_url=fake_hub.base_url)
+    code, out = _run_cli(["weights", "pin", "checkpoint", "--latest"], settings)
+    assert code == 2 and f"{tiny_weights.repo}'s current commit" in out
+    code, out = _run_cli(["weights", "pin", "checkpoint"], settings)
+    assert code == 2 and "--latest" in out
+
+
 def test_show_lists_sizes_and_states(tiny_weights, tmp_path):
     text = show_weights(tiny_weights.lock, tmp_path / "nothing-here")
     assert text.count("missing") >= 3
