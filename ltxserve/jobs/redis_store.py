@@ -53,7 +53,6 @@ from redis.retry import Retry
 from ltxserve.jobs.lifecycle import expires_at, final_outcome, release_decision
 from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.store import (
-    GENERATION_BUCKETS,
     GenerationHistogram,
     Job,
     JobStore,
@@ -598,8 +597,14 @@ class RedisJobStore(JobStore):
         return self._file(h) if h.get("file_id") else None
 
     def mark_file_complete(self, file_id: str, file_size: int) -> None:
-        key = self.k.file(file_id)
-        with self.r.pipeline() as pipe:  # only an existing record (no half-record for a file deleted meanwhile)
+        self._update_if_exists(self.k.file(file_id),
+                               lambda pipe: pipe.hset(self.k.file(file_id),
+                                                      mapping={"complete": 1, "file_size": file_size}))
+
+    def _update_if_exists(self, key: str, write: Callable[[Any], Any]) -> None:
+        """Queue `write(pipe)`'s commands and run them atomically, only while `key` exists: no half-record is
+        written for something deleted (purged) meanwhile."""
+        with self.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)
@@ -607,7 +612,7 @@ class RedisJobStore(JobStore):
                         pipe.unwatch()
                         return
                     pipe.multi()
-                    pipe.hset(key, mapping={"complete": 1, "file_size": file_size})
+                    write(pipe)
                     pipe.execute()
                     return
                 except WatchError:
@@ -634,30 +639,22 @@ class RedisJobStore(JobStore):
         self, request_id: str, *, ok: bool, error: str | None, next_attempt_at: float | None
     ) -> None:
         key = self.k.webhook(request_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    if not pipe.exists(key):
-                        pipe.unwatch()
-                        return
-                    pipe.multi()
-                    pipe.hincrby(key, "attempts", 1)
-                    pipe.hdel(key, "lease_owner", "lease_until")
-                    if ok:
-                        pipe.hset(key, "delivered_at", repr(time.time()))
-                        pipe.hdel(key, "last_error")
-                        pipe.zrem(self.k.webhooks_due, request_id)
-                    elif next_attempt_at is None:
-                        pipe.hset(key, mapping={"gave_up": 1, "last_error": error or ""})
-                        pipe.zrem(self.k.webhooks_due, request_id)
-                    else:
-                        pipe.hset(key, mapping={"next_attempt_at": repr(next_attempt_at), "last_error": error or ""})
-                        pipe.zadd(self.k.webhooks_due, {request_id: next_attempt_at})
-                    pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        def write(pipe) -> None:
+            pipe.hincrby(key, "attempts", 1)
+            pipe.hdel(key, "lease_owner", "lease_until")
+            if ok:
+                pipe.hset(key, "delivered_at", repr(time.time()))
+                pipe.hdel(key, "last_error")
+                pipe.zrem(self.k.webhooks_due, request_id)
+            elif next_attempt_at is None:
+                pipe.hset(key, mapping={"gave_up": 1, "last_error": error or ""})
+                pipe.zrem(self.k.webhooks_due, request_id)
+            else:
+                pipe.hset(key, mapping={"next_attempt_at": repr(next_attempt_at), "last_error": error or ""})
+                pipe.zadd(self.k.webhooks_due, {request_id: next_attempt_at})
+
+        self._update_if_exists(key, write)
 
     def webhook(self, request_id: str) -> WebhookDelivery | None:
         h = self.r.hgetall(self.k.webhook(request_id))
@@ -700,20 +697,11 @@ class RedisJobStore(JobStore):
         return StoreCounts(in_queue=queued, in_progress=running, completed_ok=ok, completed_error=failed)
 
     def _observe_generation(self, pipe, seconds: float) -> None:
-        bucket = next((b for b in GENERATION_BUCKETS if seconds <= b), None)
-        pipe.hincrbyfloat(self.k.counters, "generation_count", 1)
-        pipe.hincrbyfloat(self.k.counters, f"generation_le_{bucket}" if bucket is not None else "generation_le_inf",
-                          1)
-        pipe.hincrbyfloat(self.k.counters, "generation_sum", seconds)
+        for name, amount in GenerationHistogram.increments(seconds):
+            pipe.hincrbyfloat(self.k.counters, name, amount)
 
     def generation_histogram(self) -> GenerationHistogram:
-        values = {k: float(v) for k, v in self.r.hgetall(self.k.counters).items()}
-        running, buckets = 0, []
-        for bound in GENERATION_BUCKETS:
-            running += int(values.get(f"generation_le_{bound}", 0))
-            buckets.append((bound, running))
-        return GenerationHistogram(buckets, int(values.get("generation_count", 0)),
-                                   float(values.get("generation_sum", 0.0)))
+        return GenerationHistogram.from_counters({k: float(v) for k, v in self.r.hgetall(self.k.counters).items()})
 
     def inference_times(self) -> list[float]:
         return [float(v) for v in self.r.hvals(self.k.itimes)]

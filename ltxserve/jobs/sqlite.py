@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from ltxserve.jobs.lifecycle import expires_at, final_outcome, release_decision
 from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.store import (
-    GENERATION_BUCKETS,
     GenerationHistogram,
     Job,
     JobStore,
@@ -508,9 +507,7 @@ class SqliteJobStore(JobStore):
 
     @staticmethod
     def _observe_generation(db: sqlite3.Connection, seconds: float) -> None:
-        bucket = next((b for b in GENERATION_BUCKETS if seconds <= b), None)
-        names = ("generation_count", f"generation_le_{bucket}" if bucket is not None else "generation_le_inf")
-        for name, amount in ((names[0], 1.0), (names[1], 1.0), ("generation_sum", seconds)):
+        for name, amount in GenerationHistogram.increments(seconds):
             db.execute(
                 "INSERT INTO counters (name, value) VALUES (?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
@@ -518,13 +515,8 @@ class SqliteJobStore(JobStore):
             )
 
     def generation_histogram(self) -> GenerationHistogram:
-        values = dict(self._db().execute("SELECT name, value FROM counters WHERE name LIKE 'generation_%'").fetchall())
-        running, buckets = 0, []
-        for bound in GENERATION_BUCKETS:
-            running += int(values.get(f"generation_le_{bound}", 0))
-            buckets.append((bound, running))
-        return GenerationHistogram(buckets, int(values.get("generation_count", 0)),
-                                   float(values.get("generation_sum", 0.0)))
+        return GenerationHistogram.from_counters(
+            dict(self._db().execute("SELECT name, value FROM counters WHERE name LIKE 'generation_%'").fetchall()))
 
     def inference_times(self) -> list[float]:
         rows = self._db().execute(

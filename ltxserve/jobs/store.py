@@ -95,6 +95,22 @@ class GenerationHistogram:
     def of(cls, times: list[float]) -> "GenerationHistogram":
         return cls([(b, sum(1 for t in times if t <= b)) for b in GENERATION_BUCKETS], len(times), float(sum(times)))
 
+    @staticmethod
+    def increments(seconds: float) -> list[tuple[str, float]]:
+        """The counters one completion adds to (name, amount): a backend stores them as counters that only grow."""
+        bucket = next((b for b in GENERATION_BUCKETS if seconds <= b), None)
+        return [("generation_count", 1.0), (f"generation_le_{bucket}" if bucket is not None else "generation_le_inf",
+                                            1.0), ("generation_sum", seconds)]
+
+    @classmethod
+    def from_counters(cls, values: dict[str, float]) -> "GenerationHistogram":
+        """The histogram from the counters `increments` built (per-bucket counts made cumulative)."""
+        running, buckets = 0, []
+        for bound in GENERATION_BUCKETS:
+            running += int(values.get(f"generation_le_{bound}", 0))
+            buckets.append((bound, running))
+        return cls(buckets, int(values.get("generation_count", 0)), float(values.get("generation_sum", 0.0)))
+
 
 @dataclass
 class StoreCounts:
