@@ -516,6 +516,12 @@ class RedisJobStore(JobStore):
         self.r.hdel(self.k.workers, worker_id)
         return affected
 
+    def held_jobs(self, worker_id: str) -> list[str]:
+        return sorted(rid for rid, holder in self.r.hgetall(self.k.running).items() if holder == worker_id)
+
+    def release_job(self, request_id: str, worker_id: str, reason: str, max_attempts: int) -> bool:
+        return self._release(request_id, worker_id, reason, max_attempts)
+
     def _release(self, rid: str, worker_id: str, reason: str, max_attempts: int) -> bool:
         def decide(pipe, f: dict[str, str | None]) -> bool:
             if f["state"] != QueueState.IN_PROGRESS.value or f["worker_id"] != worker_id:

@@ -344,20 +344,42 @@ class SqliteJobStore(JobStore):
                 (worker_id,),
             ).fetchall()
             for row in rows:
-                rid = row["request_id"]
-                affected.append(rid)
-                decision = release_decision(row["attempts"], max_attempts, bool(row["cancel_requested"]), reason)
-                self._append_log_in(db, rid, decision.log_message, decision.log_level, now)
-                if decision.retry:
-                    db.execute(
-                        "UPDATE jobs SET state = 'IN_QUEUE', worker_id = NULL, started_at = NULL, progress = NULL"
-                        " WHERE request_id = ?",
-                        (rid,),
-                    )
-                else:
-                    self._complete_in(db, rid, now, decision.outcome)
+                affected.append(row["request_id"])
+                self._release_in(db, row, reason, max_attempts, now)
             db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
         return affected
+
+    def _release_in(self, db: sqlite3.Connection, row: sqlite3.Row, reason: str, max_attempts: int,
+                    now: float) -> None:
+        rid = row["request_id"]
+        decision = release_decision(row["attempts"], max_attempts, bool(row["cancel_requested"]), reason)
+        self._append_log_in(db, rid, decision.log_message, decision.log_level, now)
+        if decision.retry:
+            db.execute(
+                "UPDATE jobs SET state = 'IN_QUEUE', worker_id = NULL, started_at = NULL, progress = NULL"
+                " WHERE request_id = ?",
+                (rid,),
+            )
+        else:
+            self._complete_in(db, rid, now, decision.outcome)
+
+    def held_jobs(self, worker_id: str) -> list[str]:
+        rows = self._db().execute(
+            "SELECT request_id FROM jobs WHERE worker_id = ? AND state = 'IN_PROGRESS' ORDER BY seq", (worker_id,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def release_job(self, request_id: str, worker_id: str, reason: str, max_attempts: int) -> bool:
+        with self._tx(immediate=True) as db:
+            row = db.execute(
+                "SELECT request_id, attempts, cancel_requested FROM jobs"
+                " WHERE request_id = ? AND worker_id = ? AND state = 'IN_PROGRESS'",
+                (request_id, worker_id),
+            ).fetchone()
+            if row is None:
+                return False
+            self._release_in(db, row, reason, max_attempts, time.time())
+            return True
 
     def in_progress_workers(self) -> list[str]:
         rows = self._db().execute(

@@ -175,6 +175,15 @@ class JobStore(abc.ABC):
         request ids."""
 
     @abc.abstractmethod
+    def held_jobs(self, worker_id: str) -> list[str]:
+        """The IN_PROGRESS request ids the store says this worker holds."""
+
+    @abc.abstractmethod
+    def release_job(self, request_id: str, worker_id: str, reason: str, max_attempts: int) -> bool:
+        """One job this worker is recorded as holding but does not run (the store lost its completion, e.g. in a
+        Redis crash): handled as `lifecycle.release_decision` says. False if that worker does not hold it."""
+
+    @abc.abstractmethod
     def in_progress_workers(self) -> list[str]:
         """Worker ids that hold IN_PROGRESS jobs (to find jobs of workers that are gone)."""
 

@@ -82,6 +82,7 @@ class Worker:
         self._stopped = threading.Event()  # serve_forever has returned
         self._ready = False
         self.current: str | None = None  # the request id of the job in hand
+        self._claiming = threading.Lock()  # a claim and `current` change together (see _drop_stale_holds)
         # Input URLs naming this server's files are read by id through the store (never a path from the URL).
         install_own_file_lookup(own_file_lookup(self.store, storage))
 
@@ -99,8 +100,24 @@ class Worker:
         while not self._stopped.wait(self.settings.worker_heartbeat_seconds):
             try:
                 self.store.heartbeat(self.worker_id, ready=self._ready, info={"pid": os.getpid()})
+                self._drop_stale_holds()
             except Exception:
                 log.exception("heartbeat failed")
+
+    def _drop_stale_holds(self) -> None:
+        """Put back jobs the store says this worker holds but it is not running. That happens when the store lost
+        their completion (a Redis crash loses its last second of writes): this worker's heartbeats go on, so no
+        reaper would ever free them. The put-back is a retry not counted against the job."""
+        with self._claiming:
+            current = self.current
+            held = self.store.held_jobs(self.worker_id)
+        for request_id in held:
+            if request_id != current:
+                log.warning("job %s is recorded as held by this worker, which is not running it; putting it back",
+                            request_id)
+                self.store.release_job(request_id, self.worker_id,
+                                       "the worker holding it was not running it (the store lost its outcome)",
+                                       self.settings.max_attempts + 1)
 
     def run_job(self, job: Job) -> None:
         with request_context(job.request_id):  # every log record about this job carries its request id
@@ -171,7 +188,9 @@ class Worker:
         outage = 0.5
         while not self._stop.is_set():
             try:
-                job = self.store.claim_next(self.worker_id, endpoint_ids)
+                with self._claiming:
+                    job = self.store.claim_next(self.worker_id, endpoint_ids)
+                    self.current = None if job is None else job.request_id
             except Exception as exc:  # the store is away (a Redis restart, a network cut): wait for it, don't exit
                 log.warning("claiming failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, outage)
                 self._stop.wait(outage)
@@ -185,7 +204,6 @@ class Worker:
                 continue
             idle = poll_interval
             log.info("worker %s: running %s (attempt %d)", self.worker_id, job.request_id, job.attempts)
-            self.current = job.request_id
             try:
                 self.run_job(job)
             finally:

@@ -254,6 +254,19 @@ def test_the_holder_completes_with_a_granted_cancel_winning(store):
     assert store.get(job.request_id).error_type == "request_cancelled"
 
 
+def test_held_jobs_and_releasing_one_job_a_live_worker_does_not_run(store):
+    first, second = running(store, "w1"), running(store, "w1")
+    other = running(store, "w2")
+    assert sorted(store.held_jobs("w1")) == sorted([first.request_id, second.request_id])
+    store.heartbeat("w1", ready=True)
+    assert not store.release_job(other.request_id, "w1", "not running it", max_attempts=2)  # w2's, not w1's
+    assert store.release_job(first.request_id, "w1", "not running it", max_attempts=2)
+    assert store.get(first.request_id).state == QueueState.IN_QUEUE
+    assert store.held_jobs("w1") == [second.request_id]
+    assert [w["worker_id"] for w in store.live_workers(60)] == ["w1"]  # the worker itself is not forgotten
+    assert not store.release_job(first.request_id, "w1", "again", max_attempts=2)  # no longer held
+
+
 def test_a_cancelled_job_of_a_lost_worker_ends_cancelled(store):
     job = running(store, "w1")
     store.request_cancel(job.request_id)

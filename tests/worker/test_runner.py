@@ -148,3 +148,17 @@ def test_an_outcome_from_a_worker_that_no_longer_holds_the_job_is_dropped(worker
     worker.run_job(job)  # finishes, but w-other holds the job now
     after = worker.store.get(rid)
     assert after.state == QueueState.IN_PROGRESS and after.worker_id == "w-other" and after.result is None
+
+
+def test_a_job_recorded_as_held_but_not_running_is_put_back_and_the_job_in_hand_is_kept(worker):
+    # A Redis crash can lose a completion: the store then says this live worker still holds a job it finished.
+    lost = submit(worker.store, text="lost", steps=1)
+    in_hand = submit(worker.store, text="abc", steps=1)
+    assert worker.store.claim_next(worker.worker_id, list(worker.endpoints)).request_id == lost
+    worker.current = worker.store.claim_next(worker.worker_id, list(worker.endpoints)).request_id
+    assert worker.current == in_hand
+    worker._drop_stale_holds()
+    assert worker.store.get(lost).state == QueueState.IN_QUEUE and worker.store.get(lost).worker_id is None
+    assert worker.store.get(in_hand).state == QueueState.IN_PROGRESS
+    assert worker.store.held_jobs(worker.worker_id) == [in_hand]
+    assert "not running it" in worker.store.logs(lost)[-1].message
