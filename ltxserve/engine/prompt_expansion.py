@@ -16,15 +16,42 @@ from pathlib import Path
 import torch
 
 from ltxserve.config import Settings
-from ltxserve.engine.contract import InputError, JobCancelled, JobContext
+from ltxserve.engine.contract import EndpointError, InputError, JobCancelled, JobContext
 from ltxserve.engine.placement import Placement
 from ltxserve.engine.prompt_enhancer import EnhancerUnavailable, PromptEnhancer, check_enhancer_folder
 from ltxserve.engine.prompt_enhancer_plan import EnhancerPlan, EnhancerRun
+from ltxserve.protocol import ErrorType
 
 log = logging.getLogger("ltxserve.engine")
 
 PROMPT_ENHANCER_DIR = "prompt_enhancer"  # inside the weights folder: the lock's dests put both models here
 LOC = ("body", "expand_prompt")
+# Beyond the weight files' size while they load (tokenizers, the processor, allocator slack).
+HOST_MARGIN_BYTES = 1 << 30
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable (Linux): what this process can still allocate without swapping or meeting the OOM killer."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_host_memory(folder: Path, available: int | None) -> None:
+    """Refuse to load the enhancer into host memory that is not there: the 13B model's host copies (offloaded
+    placements) and T5 already live in it, and the OOM killer would end the worker and every job after it."""
+    need = sum(f.stat().st_size for f in folder.rglob("*.safetensors")) + HOST_MARGIN_BYTES
+    if available is not None and available < need:
+        raise EndpointError(
+            f"expand_prompt: the prompt enhancer needs about {need / 2**30:.1f} GiB of host memory to load and "
+            f"{available / 2**30:.1f} GiB is available on this server; send the request without expand_prompt, or "
+            "run the server on a machine with more RAM (`ltxserve doctor` shows the budget)",
+            error_type=ErrorType.RUNNER_SCHEDULING_FAILURE.value, status_code=503)
 
 
 def enhancer_folder(settings: Settings, tiny: bool) -> Path:
@@ -83,6 +110,7 @@ class PromptExpander:
     def _load(self, ctx: JobContext) -> PromptEnhancer:
         enhancer = self._enhancer()
         if not enhancer.loaded:
+            check_host_memory(enhancer_folder(self.settings, self.tiny), available_host_bytes())
             started = time.perf_counter()
             try:
                 enhancer.load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -352,6 +353,32 @@ def test_every_enhancer_placement_gives_the_same_expansion(tmp_path):
             for copies in expander._copies:
                 assert all(t.data.data_ptr() == host.data_ptr() for t, host in copies.tensors)
     assert results["gpu"] == results["visit"] == results["cpu"] != "a red ball rolls"
+
+
+def test_the_enhancer_is_not_loaded_into_host_memory_that_is_not_there(tmp_path, monkeypatch):
+    from ltxserve.engine import prompt_expansion
+    from ltxserve.engine.contract import EndpointError
+
+    expander = _expander(tmp_path, "cpu")
+    folder = prompt_expansion.enhancer_folder(expander.settings, tiny=True)
+    files = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+    assert files > 0
+    monkeypatch.setattr(prompt_expansion, "available_host_bytes",
+                        lambda: files + prompt_expansion.HOST_MARGIN_BYTES - 1)
+    with pytest.raises(EndpointError) as refused:
+        expander.expand("a red ball rolls", IMAGE, _Ctx())
+    assert refused.value.status_code == 503 and "host memory" in refused.value.message
+    assert expander.enhancer is None or not expander.enhancer.loaded
+    monkeypatch.setattr(prompt_expansion, "available_host_bytes",
+                        lambda: files + prompt_expansion.HOST_MARGIN_BYTES)
+    assert expander.expand("a red ball rolls", IMAGE, _Ctx()) != "a red ball rolls"
+
+
+def test_the_available_host_memory_is_read_from_the_os():
+    from ltxserve.engine.prompt_expansion import available_host_bytes
+
+    available = available_host_bytes()
+    assert available is not None and 0 < available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def test_a_cancel_stops_the_expansion(tmp_path):
