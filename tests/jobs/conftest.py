@@ -6,15 +6,39 @@ fresh, empty store for one test: factory(tmp_path, retention_seconds, **fixtures
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from ltxserve.jobs.sqlite import SqliteJobStore
-from ltxserve.jobs.store import JobStore
+from ltxserve.jobs.store import Job, JobStore
+from ltxserve.protocol import Priority
 
 RETENTION_SECONDS = 100  # the stores' default result retention in the contract tests
+EP = "test/app/run"
+
+
+def make_job(priority: Priority = Priority.NORMAL, **kw) -> Job:
+    return Job(request_id=kw.pop("request_id", uuid.uuid4().hex), endpoint_id=kw.pop("endpoint_id", EP),
+               owner="test", app="app", input=kw.pop("input", {"x": 1}), priority=priority, **kw)
+
+
+def store_address(store: JobStore) -> tuple[str, str]:
+    """What another process needs to open the same store (picklable): (backend, path or URL)."""
+    if isinstance(store, SqliteJobStore):
+        return "sqlite", str(store.path)
+    return "redis", store.url
+
+
+def open_store(address: tuple[str, str]) -> JobStore:
+    backend, where = address
+    if backend == "sqlite":
+        return SqliteJobStore(Path(where))
+    from ltxserve.jobs.redis_store import RedisJobStore
+
+    return RedisJobStore(where)
 
 
 def _sqlite(tmp_path: Path, retention_seconds: int) -> JobStore:

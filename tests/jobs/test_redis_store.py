@@ -1,64 +1,20 @@
-"""What only the Redis store has to prove beyond the shared contract (tests/jobs/test_store_contract.py): claims and
-cancels racing from several processes and threads, the change feed the status stream waits on, TTLs on completed
+"""What only the Redis store has to prove beyond the shared contract (tests/jobs/test_store_contract.py): a cancel
+racing a completion from several threads, the change feed the status stream waits on, TTLs on completed
 jobs, the webhook lease between nodes, and a Redis restart with AOF keeping every accepted job."""
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import threading
 import time
-import uuid
 
 import redis
 
 from ltxserve.jobs.outcome import Outcome
 from ltxserve.jobs.redis_store import TTL_GRACE_SECONDS, WEBHOOK_LEASE_SECONDS, RedisJobStore
-from ltxserve.jobs.store import Job
 from ltxserve.protocol import Priority, QueueState
+from tests.jobs.conftest import EP, make_job
 from tests.jobs.redis_server import RedisServer
-
-EP = "test/app/run"
-
-
-def make_job(priority: Priority = Priority.NORMAL, **kw) -> Job:
-    return Job(request_id=kw.pop("request_id", uuid.uuid4().hex), endpoint_id=EP, owner="test", app="app",
-               input={"x": 1}, priority=priority, **kw)
-
-
-def _claim_in_rounds(url: str, worker_id: str, barrier, rounds: int, out) -> None:
-    s = RedisJobStore(url)
-    s.queue_position("warm-up")  # connect before the start line
-    got = []
-    for _ in range(rounds):
-        barrier.wait(60)  # every process claims at the same moment, every round
-        job = s.claim_next(worker_id, [EP])
-        got.append(job.request_id if job else None)
-    barrier.wait(60)
-    got.append(s.claim_next(worker_id, [EP]))
-    out.put((worker_id, got))
-
-
-def test_concurrent_claims_from_processes_never_double_claim(redis_url):
-    store = RedisJobStore(redis_url)
-    workers, rounds = 3, 20
-    ids = {store.submit(make_job()).request_id for _ in range(workers * rounds)}
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    barrier = ctx.Barrier(workers)
-    procs = [ctx.Process(target=_claim_in_rounds, args=(redis_url, f"w{i}", barrier, rounds, out))
-             for i in range(workers)]
-    for p in procs:
-        p.start()
-    results = dict(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
-    for got in results.values():
-        assert got[-1] is None and None not in got[:-1]
-    claimed = [rid for got in results.values() for rid in got[:-1]]
-    assert len(claimed) == len(set(claimed)) == len(ids) and set(claimed) == ids
-    assert store.counts().in_progress == len(ids) and store.counts().in_queue == 0
-    store.close()
 
 
 def test_cancel_racing_completion_has_one_consistent_winner(redis_url):

@@ -7,10 +7,10 @@ files, webhooks, retention, counts, the generation histogram and worker heartbea
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import re
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -18,15 +18,7 @@ from ltxserve.jobs.outcome import Outcome, OutcomeKind
 from ltxserve.jobs.store import Job, StoredFile
 from ltxserve.jobs.webhooks import webhook_body
 from ltxserve.protocol import Priority, QueueState
-from tests.jobs.conftest import RETENTION_SECONDS
-
-EP = "test/app/run"
-
-
-def make_job(priority: Priority = Priority.NORMAL, **kw) -> Job:
-    return Job(request_id=kw.pop("request_id", uuid.uuid4().hex), endpoint_id=kw.pop("endpoint_id", EP),
-               owner="test", app="app", input=kw.pop("input", {"x": 1}), priority=priority, **kw)
-
+from tests.jobs.conftest import EP, RETENTION_SECONDS, make_job, open_store, store_address
 
 def running(store, worker_id: str = "w1", **kw) -> Job:
     job = store.submit(make_job(**kw))
@@ -125,6 +117,39 @@ def test_two_claimers_racing_never_get_the_same_job(store):
     assert len(claimed) == len(set(claimed)) == len(ids) and set(claimed) == ids
     owners = {rid: store.get(rid).worker_id for rid in ids}
     assert all(owners[rid] == w for w, got in results.items() for rid in got)
+
+
+def _claim_in_rounds(address: tuple[str, str], worker_id: str, barrier, rounds: int, out) -> None:
+    s = open_store(address)  # a worker process of its own, as in production
+    s.queue_position("warm-up")  # connected before the start line
+    got = []
+    for _ in range(rounds):
+        barrier.wait(60)  # every process claims at the same moment, every round: real contention each time
+        job = s.claim_next(worker_id, [EP])
+        got.append(job.request_id if job else None)
+    barrier.wait(60)
+    got.append(s.claim_next(worker_id, [EP]))  # the queue is empty now for everyone
+    out.put((worker_id, got))
+
+
+def test_claimers_in_separate_processes_never_get_the_same_job(store):
+    workers, rounds = 3, 20
+    ids = {store.submit(make_job()).request_id for _ in range(workers * rounds)}
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    barrier = ctx.Barrier(workers)
+    procs = [ctx.Process(target=_claim_in_rounds, args=(store_address(store), f"w{i}", barrier, rounds, out))
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    for got in results.values():
+        assert got[-1] is None and None not in got[:-1]  # one job per process per round, then none left
+    claimed = [rid for got in results.values() for rid in got[:-1]]
+    assert len(claimed) == len(set(claimed)) == len(ids) and set(claimed) == ids
+    assert store.counts().in_progress == len(ids) and store.counts().in_queue == 0
 
 
 # --- completion with each outcome ---------------------------------------------------------------------------------
