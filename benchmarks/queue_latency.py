@@ -87,6 +87,15 @@ def wrk_phase(url: str, pollers: int, seconds: float) -> dict[str, float]:
     return result
 
 
+def kill_process_groups(procs) -> None:
+    """The servers a benchmark started (each the leader of its own process group), with everything they spawned."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     k = max(0, min(len(values) - 1, int(round(p / 100 * (len(values) - 1)))))
@@ -173,11 +182,7 @@ def main() -> None:
         bare_post_lat = asyncio.run(submit_phase(bare + "/bare", {"steps": 1}, args.submits,
                                                  args.submit_concurrency))
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_process_groups(procs)
 
     def row(name: str, lat: list[float]) -> tuple[float, float]:
         p50, p99 = pct(lat, 50) * 1000, pct(lat, 99) * 1000

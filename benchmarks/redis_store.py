@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.queue_latency import (  # noqa: E402
-    BARE_APP, _summarise, free_port, pct, poll_phase, submit_phase, wait_http, wrk_phase,
+    BARE_APP, _summarise, free_port, kill_process_groups, pct, poll_phase, submit_phase, wait_http, wrk_phase,
 )
 from tests.jobs.redis_server import RedisServer  # noqa: E402
 
@@ -144,11 +143,7 @@ def main() -> None:
         rates = {name: throughput(url, submit_body, args.submits, args.submit_concurrency, use_wrk, args.seconds,
                                   tmp) for name, url in submit_urls.items()}
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_process_groups(procs)
 
     # Claim latency, in this process, on warm stores (the Redis node's jobs are gone with a fresh prefix).
     from ltxserve.jobs.redis_store import RedisJobStore

@@ -261,14 +261,14 @@ class Supervisor:
         return failed
 
     def _loop(self) -> None:
-        last_housekeeping = 0.0
+        last_refresh = 0.0
         while not self._stop.is_set():
             try:
                 self._check_workers()
                 now = time.time()
-                if now - last_housekeeping >= 1.0:
+                if now - last_refresh >= 1.0:
                     self._refresh_slots()
-                    last_housekeeping = now
+                    last_refresh = now
             except Exception:
                 log.exception("supervisor loop error")
             self._stop.wait(0.2)
